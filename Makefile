@@ -1,0 +1,30 @@
+# One entry point for people and CI. `make test` works on a fresh machine: it creates the virtualenv
+# and installs the package with its dev extra first (skipped when pyproject.toml is unchanged).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export JSONARGPARSE_DEPRECATION_WARNINGS := off
+
+.PHONY: install test demo lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	WANDB_MODE=offline $(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python -m hyperdarts fit --config configs/digits.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check hyperdarts tests benchmarks
+	$(BIN)/ruff format --check hyperdarts tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,167 @@
+"""The command line: ``python -m hyperdarts fit --config configs/digits.yaml``.
+
+A LightningCLI whose configs choose the model and data module by ``class_path``. The data module's
+image shape and class count are linked into the model, so configs never repeat them. Every run gets
+its own directory ``<trainer.default_root_dir>/<run_name>`` holding its resolved config, its
+checkpoints and its W&B files; ``--ckpt_path last`` resumes the newest run under the same root.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+
+import lightning as L  # noqa: E402
+from jsonargparse import Namespace  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
+
+from hyperdarts.data import ImageDataModule  # noqa: E402
+
+RUN_DIR_ENV = "HYPERDARTS_RUN_DIR"  # lets DDP's relaunched ranks reuse rank zero's run directory
+LINKED = ("num_channels", "image_size", "num_classes")
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Writes the resolved config into the run's own directory, never over an earlier file."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            run_dir = Path(trainer.default_root_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            path = run_dir / self.config_filename
+            n = 1
+            while path.exists():  # a resumed run keeps the config it started with
+                n += 1
+                path = run_dir / f"{Path(self.config_filename).stem}-{n}.yaml"
+            self.parser.save(self.config, str(path), skip_none=False, multifile=False)
+        self.already_saved = True
+
+
+class HyperDARTSCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Directory name of this run under trainer.default_root_dir (default: a timestamp). "
+            "Give the same name on every node of a multi-node run.",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        for key in LINKED:
+            parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self.run_dir = _resolve_run_dir(config, self.subcommand)
+        config.trainer.default_root_dir = str(self.run_dir)
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
+        for logger in _logger_configs(config.trainer.logger):
+            logger.init_args.save_dir = str(self.run_dir)
+            if logger.class_path.endswith("WandbLogger"):
+                logger.init_args.name = logger.init_args.get("name") or self.run_dir.name
+                _default_wandb_offline()
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(_summary(self.model, self.run_dir, self.trainer))
+
+
+def _logger_configs(logger: Any) -> list[Namespace]:
+    items = logger if isinstance(logger, list) else [logger]
+    return [x for x in items if isinstance(x, Namespace) and "class_path" in x]
+
+
+def _resolve_run_dir(config: Namespace, subcommand: str | None) -> Path:
+    if int(os.environ.get("LOCAL_RANK", "0")) > 0 and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])  # a rank that Lightning's DDP launcher started
+    root = Path(config.trainer.default_root_dir or "runs")
+    if subcommand == "fit" and config.get("ckpt_path") == "last":
+        run_dir = _newest_resumable(root)
+        config.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+    elif config.get("run_name"):
+        run_dir = root / config.run_name
+    else:
+        run_dir = root / time.strftime("run-%Y%m%d-%H%M%S")
+        n = 1
+        while run_dir.exists():
+            n += 1
+            run_dir = root / f"{time.strftime('run-%Y%m%d-%H%M%S')}-{n}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    return run_dir
+
+
+def _newest_resumable(root: Path) -> Path:
+    candidates = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise SystemExit(
+            f"error: --ckpt_path last: no earlier run under {root.resolve()} has "
+            "checkpoints/last.ckpt. Start a new search without --ckpt_path, or pass the path of a "
+            "checkpoint file."
+        )
+    return candidates[-1].parent.parent
+
+
+def _default_wandb_offline() -> None:
+    """Without an API key W&B would fail (or ask): log offline instead, and say how to sync."""
+    if os.environ.get("WANDB_MODE") or _has_wandb_key():
+        return
+    os.environ["WANDB_MODE"] = "offline"
+    print(
+        "hyperdarts: no W&B API key found, logging offline; upload later with "
+        "`wandb sync <run dir>/wandb/offline-run-*`",
+        file=sys.stderr,
+    )
+
+
+def _has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        auth = netrc.netrc().authenticators("api.wandb.ai")
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return bool(auth and auth[2])
+
+
+def _summary(model: L.LightningModule, run_dir: Path, trainer: L.Trainer) -> str:
+    lines = [f"\nhyperdarts: outputs in {run_dir.resolve()}"]
+    ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        lines.append(f"  last checkpoint: {ckpt.resolve()}")
+    if hasattr(model, "sampler"):
+        for lam in (model.val_grid[0], model.val_grid[-1]):
+            genotype = model.genotype(lam)
+            lines.append(
+                f"  λ={lam:<8.3g} derived architecture: complexity {model.genotype_complexity(genotype):.3f} "
+                f"(relaxed: {model.expected_complexity(lam):.3f})"
+            )
+    offline = sorted(Path(run_dir).glob("wandb/offline-run-*"))
+    if offline:
+        lines.append(f"  W&B offline run: {offline[-1].resolve()}  (upload: wandb sync {offline[-1]})")
+    return "\n".join(lines)
+
+
+def main(args: list[str] | None = None) -> HyperDARTSCLI:
+    warnings.filterwarnings("ignore", module="jsonargparse")
+    return HyperDARTSCLI(
+        L.LightningModule,
+        ImageDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=RunConfigCallback,
+        args=args,
+        auto_configure_optimizers=False,
+    )

@@ -1,0 +1,348 @@
+"""LightningDataModules that feed a bilevel (DARTS-style) search.
+
+The training split of each dataset is cut once, with a seeded permutation, into a "weight" part
+(trains the network weights) and an "arch" part (trains the architecture parameters and doubles as
+the validation set, as in DARTS). The dataset's own test split stays held out for the final report.
+"""
+
+import os
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import lightning
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+Transform = Callable[[Any], torch.Tensor]
+
+# What torchvision raises while fetching or parsing: RuntimeError (MNIST download failed or files
+# missing, CIFAR checksum mismatch, bad IDX shape), OSError/URLError (CIFAR download), and the
+# parsing errors a truncated or corrupt IDX file or pickle produces.
+_READ_ERRORS = (
+    RuntimeError,
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    EOFError,
+    AssertionError,
+    pickle.UnpicklingError,
+)
+
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+class DatasetNotFoundError(RuntimeError):
+    """The dataset files are missing or unreadable; the message says where to put which files."""
+
+
+class _TransformedView(Dataset):
+    """Applies a transform on read, so one loaded dataset serves augmented and plain views."""
+
+    def __init__(self, base: Dataset, transform: Transform) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        image, label = self.base[index]
+        return self.transform(image), label
+
+
+class ImageDataModule(lightning.LightningDataModule):
+    """Base class: splits the training set into weight/arch parts and builds the loaders.
+
+    Subclasses set the shape attributes (class-level, so they are readable before ``setup``,
+    which the CLI needs to size the model) and implement ``_load_splits``.
+    """
+
+    num_channels: int
+    image_size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weight_indices: torch.Tensor
+    arch_indices: torch.Tensor
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        download: bool = True,
+        arch_fraction: float = 0.5,
+        seed: int = 0,
+        augment: bool = True,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        _validate(batch_size, num_workers, arch_fraction)
+        self.root = root
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.download = download
+        self.arch_fraction = arch_fraction
+        self.seed = seed
+        self.augment = augment
+        self.pin_memory = pin_memory
+        self._views: tuple[Dataset, Dataset, Dataset] | None = None
+        # Recorded so loggers and checkpoints show which data a run used.
+        self.save_hyperparameters()
+
+    def _load_splits(self) -> tuple[Dataset, Dataset]:
+        """Return the raw (train, test) datasets; items are (image, label) before transforms."""
+        raise NotImplementedError
+
+    def eval_transform(self) -> Transform:
+        """Transform for validation and test reads: normalization only."""
+        return v2.Normalize(self.mean, self.std)
+
+    def train_transform(self) -> Transform:
+        """Transform for the training loaders; subclasses that augment override this."""
+        return self.eval_transform()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the data once and cut the training split; later stages reuse the result."""
+        if self._views is not None:
+            return
+        train, test = self._load_splits()
+        n_train = len(train)  # type: ignore[arg-type]
+        self.weight_indices, self.arch_indices = split_indices(
+            n_train, self.arch_fraction, self.seed
+        )
+        self._check_batch_size()
+        self._views = (
+            _TransformedView(train, self.train_transform()),
+            _TransformedView(train, self.eval_transform()),
+            _TransformedView(test, self.eval_transform()),
+        )
+
+    def _check_batch_size(self) -> None:
+        """Fail early: a part smaller than one batch makes every step a short, partial batch."""
+        sizes = {"weight": len(self.weight_indices), "arch": len(self.arch_indices)}
+        if self.batch_size > min(sizes.values()):
+            raise ValueError(
+                f"batch_size={self.batch_size} is larger than a part of the training split "
+                f"(weight part: {sizes['weight']} examples, arch part: {sizes['arch']} examples); "
+                f"set batch_size <= {min(sizes.values())} or move arch_fraction toward 0.5"
+            )
+
+    def train_dataloader(self) -> CombinedLoader:
+        """Weight and arch batches side by side: ``batch = {"weight": (x, y), "arch": (x, y)}``."""
+        train_view = self._require_views()[0]
+        loaders = {
+            "weight": self._loader(Subset(train_view, self.weight_indices.tolist()), 1),
+            "arch": self._loader(Subset(train_view, self.arch_indices.tolist()), 2),
+        }
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader:
+        """The arch part, unaugmented: the search's validation signal, as in DARTS."""
+        return self._loader(Subset(self._require_views()[1], self.arch_indices.tolist()))
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out test split, unaugmented."""
+        return self._loader(self._require_views()[2])
+
+    def _require_views(self) -> tuple[Dataset, Dataset, Dataset]:
+        if self._views is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
+        return self._views
+
+    def _loader(self, dataset: Dataset, shuffle_stream: int | None = None) -> DataLoader:
+        """Build a loader; a ``shuffle_stream`` gives it its own seeded, reproducible order."""
+        shuffle = shuffle_stream is not None
+        generator = torch.Generator().manual_seed(self.seed + shuffle_stream) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+
+def _validate(batch_size: int, num_workers: int, arch_fraction: float) -> None:
+    """Reject bad arguments at construction, before any data is touched."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}; set a positive batch_size")
+    if num_workers < 0:
+        raise ValueError(
+            f"num_workers must be >= 0, got {num_workers}; use 0 to load in the main process"
+        )
+    if not 0 < arch_fraction < 1:
+        raise ValueError(
+            f"arch_fraction must be strictly between 0 and 1, got {arch_fraction}; "
+            "e.g. 0.5 gives half of the training split to architecture steps"
+        )
+
+
+def split_indices(n: int, arch_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut ``range(n)`` into disjoint (weight, arch) index tensors, reproducibly for ``seed``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_arch = round(n * arch_fraction)
+    return perm[n_arch:], perm[:n_arch]
+
+
+class DigitsDataModule(ImageDataModule):
+    """scikit-learn's bundled 8x8 digits: no download, so demos and tests run anywhere.
+
+    ``download`` and ``augment`` are accepted for a uniform interface and ignored.
+    """
+
+    num_channels = 1
+    image_size = 8
+    num_classes = 10
+    # Mean and std of all 1797 images after scaling 0..16 to [0, 1].
+    mean = (0.3053,)
+    std = (0.3760,)
+
+    def _load_splits(self) -> tuple[Dataset, Dataset]:
+        digits = load_digits()
+        images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        labels = torch.tensor(digits.target, dtype=torch.long)
+        x_train, x_test, y_train, y_test = train_test_split(
+            images, labels, test_size=0.2, stratify=labels, random_state=self.seed
+        )
+        return TensorDataset(x_train, y_train), TensorDataset(x_test, y_test)
+
+
+class TorchvisionDataModule(ImageDataModule):
+    """A torchvision dataset on disk; converts its many failure modes into one clear error."""
+
+    dataset_cls: type[datasets.VisionDataset]
+    data_dir: str  # Where the files live, relative to ``root``.
+    file_names: tuple[str, ...]
+    source: str  # Where to get the files and how to place them.
+
+    def eval_transform(self) -> Transform:
+        return v2.Compose(self._to_normalized_tensor())
+
+    def _to_normalized_tensor(self) -> list[Transform]:
+        return [
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(self.mean, self.std),
+            v2.ToPureTensor(),
+        ]
+
+    def prepare_data(self) -> None:
+        """Download once (Lightning calls this on local rank zero only); fetches both splits."""
+        if self.download:
+            self._open(train=True, download=True)
+
+    def _load_splits(self) -> tuple[Dataset, Dataset]:
+        return self._open(train=True, download=False), self._open(train=False, download=False)
+
+    def _open(self, train: bool, download: bool) -> Dataset:
+        try:
+            return self.dataset_cls(self.root, train=train, download=download)  # type: ignore[call-arg]
+        except _READ_ERRORS as error:
+            raise DatasetNotFoundError(self._not_found_message(error, download)) from None
+
+    def expected_files(self) -> list[str]:
+        """Absolute paths of the files torchvision reads."""
+        folder = os.path.join(_absolute(self.root), self.data_dir)
+        return [os.path.join(folder, name) for name in self.file_names]
+
+    def _not_found_message(self, error: BaseException, download: bool) -> str:
+        """Say what is wrong, which files are expected where, and how to get them."""
+        root = _absolute(self.root)
+        folder = os.path.join(root, self.data_dir)
+        files = self.expected_files()
+        missing = [path for path in files if not os.path.isfile(path)]
+        cause = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        if not missing:
+            state = (
+                "All expected files exist but could not be read: they look truncated or corrupt. "
+                f"Delete {folder} and download them again."
+            )
+        elif download:
+            state = "The download failed: check network access, or place the files by hand."
+        else:
+            state = "Some files are missing."
+        fetch = "" if download else ", or set `download: true` to fetch them automatically"
+        return "\n".join(
+            [
+                f"{self.dataset_cls.__name__} could not be loaded from {root} ({cause}).",
+                "Expected files:",
+                *(f"  {path}{' (missing)' if path in missing else ''}" for path in files),
+                state,
+                f"Get them from {self.source.format(folder=folder)}{fetch}.",
+            ]
+        )
+
+
+class MNISTDataModule(TorchvisionDataModule):
+    """MNIST handwritten digits, 1x28x28."""
+
+    dataset_cls = datasets.MNIST
+    data_dir = os.path.join("MNIST", "raw")
+    file_names = _IDX_FILES
+    source = (
+        "http://yann.lecun.com/exdb/mnist/ or its mirror https://ossci-datasets.s3.amazonaws.com/"
+        "mnist/ (gunzip the .gz files into {folder})"
+    )
+    num_channels = 1
+    image_size = 28
+    num_classes = 10
+    mean = (0.1307,)
+    std = (0.3081,)
+
+
+class FashionMNISTDataModule(TorchvisionDataModule):
+    """Fashion-MNIST clothing images, 1x28x28: a harder drop-in for MNIST."""
+
+    dataset_cls = datasets.FashionMNIST
+    data_dir = os.path.join("FashionMNIST", "raw")
+    file_names = _IDX_FILES
+    source = "https://github.com/zalandoresearch/fashion-mnist (gunzip the .gz files into {folder})"
+    num_channels = 1
+    image_size = 28
+    num_classes = 10
+    mean = (0.2860,)
+    std = (0.3530,)
+
+
+class CIFAR10DataModule(TorchvisionDataModule):
+    """CIFAR-10 colour images, 3x32x32; the only module that augments (``augment``)."""
+
+    dataset_cls = datasets.CIFAR10
+    data_dir = "cifar-10-batches-py"
+    file_names = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+    source = (
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract it so that {folder} "
+        "holds the files)"
+    )
+    num_channels = 3
+    image_size = 32
+    num_classes = 10
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+
+    def train_transform(self) -> Transform:
+        """The standard CIFAR augmentation (pad-and-crop, mirror) when ``augment`` is on."""
+        if not self.augment:
+            return self.eval_transform()
+        flips: list[Transform] = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+        return v2.Compose(flips + self._to_normalized_tensor())
+
+
+def _absolute(root: str) -> str:
+    return os.path.abspath(os.path.expanduser(root))

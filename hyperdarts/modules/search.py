@@ -1,0 +1,319 @@
+"""The search: a supernet whose mixing weights come from a hypernetwork conditioned on λ.
+
+Each training step samples one λ, takes an architecture step on an architecture batch (updating the
+hypernetwork θ on L_val + λ·C), then a weight step on a weight batch (updating the supernet's
+weights w on L_train). Optimization is manual: two optimizers, alternating, as in DARTS.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from torchmetrics.classification import MulticlassAccuracy
+
+from hyperdarts.bilevel import HessianKind, VirtualStep, first_order, second_order
+from hyperdarts.complexity import ComplexityMetric, ExpectedComplexity, cost_tables
+from hyperdarts.hypernetworks import HypernetKind, build_hypernetwork
+from hyperdarts.relaxation import (
+    LambdaSampler,
+    RelaxationKind,
+    TemperatureSchedule,
+    relax,
+    sample_gumbel,
+)
+from hyperdarts.search_space.cells import num_edges
+from hyperdarts.search_space.genotypes import Genotype, derive_genotype, one_hot
+from hyperdarts.search_space.networks import CELL_TYPES, SuperNet
+from hyperdarts.search_space.ops import PRIMITIVES
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class HyperDARTSSearch(L.LightningModule):
+    """Hypernetwork-relaxed DARTS search with complexity control.
+
+    Args:
+        num_channels, image_size, num_classes: linked from the data module by the CLI.
+        init_channels, num_cells, num_nodes, stem_multiplier, primitives: the search space.
+        lambda_min, lambda_max: range of the complexity weight λ, sampled log-uniformly.
+        hypernet: constant (plain DARTS), linear, piecewise (num_knots), or mlp (mlp_hidden).
+        relaxation: softmax, or gumbel (noise per example if gumbel_per_example); temperature
+            decays exponentially from tau_start to tau_end over the epochs.
+        complexity: params or flops of the relaxed supernet, normalized to [0, 1].
+        order: 1 (first order) or 2 (unrolled); hessian: exact (double backward) or
+            finite_difference (DARTS's, with ε = fd_epsilon / ‖v‖).
+        w_*: SGD for the weights, cosine from w_lr to w_lr_min, gradient norm clipped at grad_clip.
+        arch_*: Adam for the hypernetwork.
+        val_lambdas: number of log-spaced λ at which validation measures accuracy and complexity.
+        seed: seeds λ sampling and Gumbel noise (their generator is saved in checkpoints).
+    """
+
+    def __init__(
+        self,
+        num_channels: int = 3,
+        image_size: int = 32,
+        num_classes: int = 10,
+        init_channels: int = 16,
+        num_cells: int = 8,
+        num_nodes: int = 4,
+        stem_multiplier: int = 3,
+        primitives: list[str] | None = None,
+        lambda_min: float = 1e-3,
+        lambda_max: float = 1.0,
+        hypernet: HypernetKind = "piecewise",
+        num_knots: int = 5,
+        mlp_hidden: int = 32,
+        relaxation: RelaxationKind = "softmax",
+        tau_start: float = 1.0,
+        tau_end: float = 1.0,
+        gumbel_per_example: bool = True,
+        complexity: ComplexityMetric = "params",
+        order: Literal[1, 2] = 1,
+        hessian: HessianKind = "exact",
+        fd_epsilon: float = 0.01,
+        w_lr: float = 0.025,
+        w_lr_min: float = 0.001,
+        w_momentum: float = 0.9,
+        w_weight_decay: float = 3e-4,
+        grad_clip: float = 5.0,
+        arch_lr: float = 3e-4,
+        arch_betas: tuple[float, float] = (0.5, 0.999),
+        arch_weight_decay: float = 1e-3,
+        val_lambdas: int = 5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        _validate(order, hessian, fd_epsilon, w_lr, w_lr_min, grad_clip, arch_lr, val_lambdas)
+        self.automatic_optimization = False
+        self.net = SuperNet(
+            num_channels,
+            num_classes,
+            image_size,
+            init_channels,
+            num_cells,
+            num_nodes,
+            stem_multiplier,
+            tuple(primitives or PRIMITIVES),
+        )
+        self.primitives = self.net.primitives
+        self.hypernet = build_hypernetwork(
+            hypernet, num_edges(num_nodes), len(self.primitives), num_knots, mlp_hidden
+        )
+        self.sampler = LambdaSampler(lambda_min, lambda_max)
+        self.temperature = TemperatureSchedule(tau_start, tau_end)
+        self.tau = tau_start
+        self.complexity = ExpectedComplexity(cost_tables(self.net, image_size, complexity))
+        self.rng = torch.Generator().manual_seed(seed)
+        self.val_grid = self.sampler.grid(val_lambdas)
+        self.val_acc = torch.nn.ModuleList(
+            MulticlassAccuracy(num_classes, average="micro") for _ in self.val_grid
+        )
+
+    # --- the relaxed architecture as a function of λ ---------------------------------------------
+
+    def alpha(self, lam: float) -> dict[str, torch.Tensor]:
+        return self.hypernet(self.sampler.normalize(lam))
+
+    def probs(self, lam: float) -> dict[str, torch.Tensor]:
+        """Noise-free mixing weights at λ: what validation, derivation and the penalty use."""
+        return relax(self.alpha(lam), self.tau)
+
+    @torch.no_grad()
+    def genotype(self, lam: float) -> Genotype:
+        return derive_genotype(self.probs(lam), self.primitives, self.hparams.num_nodes)
+
+    @torch.no_grad()
+    def expected_complexity(self, lam: float) -> float:
+        return float(self.complexity(self.probs(lam)))
+
+    @torch.no_grad()
+    def genotype_complexity(self, genotype: Genotype) -> float:
+        """Normalized complexity of a discrete choice: C at the one-hot mixing weights."""
+        weights = one_hot(genotype, self.primitives, self.hparams.num_nodes)
+        return float(self.complexity({k: v.to(self.device) for k, v in weights.items()}))
+
+    # --- training ---------------------------------------------------------------------------------
+
+    def _noise(self, batch_size: int) -> dict[str, torch.Tensor] | None:
+        if self.hparams.relaxation != "gumbel":
+            return None
+        shape = self.hypernet.shape[1:]
+        if self.hparams.gumbel_per_example:
+            shape = (batch_size, *shape)
+        return {ct: sample_gumbel(shape, self.rng).to(self.device) for ct in CELL_TYPES}
+
+    def _loss(
+        self,
+        params: dict[str, torch.Tensor],
+        alpha: dict[str, torch.Tensor],
+        batch: Batch,
+        noise: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        x, y = batch
+        if noise is not None and self.hparams.gumbel_per_example:
+            noise = {k: v[: x.shape[0]] for k, v in noise.items()}
+        logits = functional_call(self.net, params, (x, relax(alpha, self.tau, noise)))
+        return F.cross_entropy(logits, y)
+
+    def training_step(self, batch: dict[str, Batch], batch_idx: int) -> None:
+        opt_w, opt_a = self.optimizers()
+        lam = self.sampler.sample(self.rng)
+        arch_loss, penalty = self._architecture_step(opt_a, opt_w.optimizer, batch, lam)
+        weight_loss, acc = self._weight_step(opt_w, batch["weight"], lam)
+        alpha = self.alpha(lam)
+        self.log_dict(
+            {
+                "train/weight_loss": weight_loss,
+                "train/weight_acc": acc,
+                "train/arch_loss": arch_loss,
+                "train/complexity": penalty,
+                "train/lambda": lam,
+                "train/tau": self.tau,
+                "train/alpha_entropy": _mean_entropy(relax(alpha, self.tau)),
+            },
+            prog_bar=False,
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch["weight"][0].shape[0],
+        )
+
+    def _architecture_step(
+        self, opt_a: Any, opt_w: torch.optim.Optimizer, batch: dict[str, Batch], lam: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = self._noise(max(batch["weight"][0].shape[0], batch["arch"][0].shape[0]))
+        loss_fn = partial(self._loss, noise=noise)
+        params = dict(self.net.named_parameters())
+        alpha = self.alpha(lam)
+        if self.hparams.order == 1:
+            grads, val_loss = first_order(loss_fn, params, alpha, batch["arch"])
+        else:
+            group = opt_w.param_groups[0]
+            step = VirtualStep(group["lr"], group["momentum"], group["weight_decay"])
+            buffers = {
+                name: opt_w.state[p]["momentum_buffer"]
+                for name, p in params.items()
+                if opt_w.state.get(p, {}).get("momentum_buffer") is not None
+            }
+            grads, val_loss = second_order(
+                loss_fn,
+                params,
+                alpha,
+                batch["weight"],
+                batch["arch"],
+                step,
+                buffers,
+                self.hparams.hessian,
+                self.hparams.fd_epsilon,
+            )
+        penalty = self.complexity(relax(alpha, self.tau))
+        surrogate = sum((alpha[k] * grads[k].detach()).sum() for k in alpha) + lam * penalty
+        opt_a.zero_grad()
+        self.manual_backward(surrogate)
+        opt_a.step()
+        return val_loss, penalty.detach()
+
+    def _weight_step(self, opt_w: Any, batch: Batch, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        with torch.no_grad():
+            probs = relax(self.alpha(lam), self.tau, self._noise(x.shape[0]))
+        logits = self.net(x, probs)
+        loss = F.cross_entropy(logits, y)
+        opt_w.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(opt_w, self.hparams.grad_clip, "norm")
+        opt_w.step()
+        return loss.detach(), (logits.argmax(1) == y).float().mean()
+
+    def on_train_epoch_start(self) -> None:
+        epochs = self.trainer.max_epochs or 1
+        self.tau = self.temperature(self.current_epoch / max(epochs - 1, 1))
+
+    def on_train_epoch_end(self) -> None:
+        self.lr_schedulers().step()
+
+    # --- evaluation at a fixed grid of λ ---------------------------------------------------------
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        x, y = batch
+        for lam, acc in zip(self.val_grid, self.val_acc):
+            acc(self.net(x, self.probs(lam)), y)
+            self.log(f"{stage}/acc@lambda={lam:.3g}", acc, on_epoch=True, batch_size=x.shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_complexity("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_complexity("test")
+
+    def _log_complexity(self, stage: str) -> None:
+        for lam in self.val_grid:
+            self.log(f"{stage}/complexity@lambda={lam:.3g}", self.expected_complexity(lam))
+
+    # --- optimizers and checkpoints --------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt_w = torch.optim.SGD(
+            self.net.parameters(), hp.w_lr, momentum=hp.w_momentum, weight_decay=hp.w_weight_decay
+        )
+        opt_a = torch.optim.Adam(
+            self.hypernet.parameters(),
+            hp.arch_lr,
+            betas=tuple(hp.arch_betas),
+            weight_decay=hp.arch_weight_decay,
+        )
+        epochs = max(self.trainer.max_epochs or 1, 1)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt_w, epochs, eta_min=hp.w_lr_min)
+        return [opt_w, opt_a], [schedule]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["hyperdarts"] = {"rng_state": self.rng.get_state(), "tau": self.tau}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("hyperdarts")
+        if state:
+            self.rng.set_state(state["rng_state"])
+            self.tau = state["tau"]
+
+
+def _mean_entropy(probs: dict[str, torch.Tensor]) -> torch.Tensor:
+    p = torch.cat([v.reshape(-1, v.shape[-1]) for v in probs.values()])
+    return -(p * p.clamp_min(1e-12).log()).sum(-1).mean().detach()
+
+
+def _validate(
+    order: int,
+    hessian: str,
+    fd_epsilon: float,
+    w_lr: float,
+    w_lr_min: float,
+    grad_clip: float,
+    arch_lr: float,
+    val_lambdas: int,
+) -> None:
+    checks = [
+        (order in (1, 2), f"order={order}: use 1 (first order) or 2 (unrolled second order)"),
+        (hessian in ("exact", "finite_difference"), f"hessian={hessian!r}: exact or finite_difference"),
+        (fd_epsilon > 0, f"fd_epsilon={fd_epsilon}: must be > 0"),
+        (w_lr > 0 and math.isfinite(w_lr), f"w_lr={w_lr}: must be a positive number"),
+        (0 <= w_lr_min <= w_lr, f"w_lr_min={w_lr_min}: must be in [0, w_lr={w_lr}]"),
+        (grad_clip > 0, f"grad_clip={grad_clip}: must be > 0"),
+        (arch_lr > 0, f"arch_lr={arch_lr}: must be > 0"),
+        (val_lambdas >= 1, f"val_lambdas={val_lambdas}: need at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)

@@ -1,0 +1,1 @@
+"""The DARTS search space: operations, cells, networks and genotypes."""

@@ -1,0 +1,84 @@
+"""Search cells: a DAG of mixed operations whose mixing weights come from outside.
+
+The cell does not own architecture parameters: the relaxation (a hypernetwork conditioned on λ)
+produces the mixing weights once per forward and passes them in. This keeps the supernet a plain
+function of (weights, mixing weights), which the unrolled second-order step needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hyperdarts.search_space.ops import FactorizedReduce, ReLUConvBN, build_op
+
+
+def num_edges(num_nodes: int) -> int:
+    """Node j (0-based among intermediate nodes) has 2 + j incoming edges: 14 for 4 nodes."""
+    return sum(2 + j for j in range(num_nodes))
+
+
+def edge_inputs(num_nodes: int) -> list[tuple[int, int]]:
+    """(edge index → (source node, target node)), nodes numbered 0, 1 for the cell inputs."""
+    pairs = []
+    for j in range(num_nodes):
+        pairs.extend((i, j + 2) for i in range(j + 2))
+    return pairs
+
+
+class MixedOp(nn.Module):
+    """ō(x) = Σ_o p_o · o(x). ``none`` contributes exactly zero, so it is not computed."""
+
+    def __init__(self, channels: int, stride: int, primitives: tuple[str, ...]) -> None:
+        super().__init__()
+        self.index = [k for k, name in enumerate(primitives) if name != "none"]
+        self.ops = nn.ModuleList(
+            build_op(primitives[k], channels, stride, affine=False) for k in self.index
+        )
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``weights``: (ops,) shared by the batch, or (batch, ops) for per-example sampling."""
+        out = 0
+        for k, op in zip(self.index, self.ops):
+            w = weights[..., k]
+            if w.dim() == 1:
+                w = w.view(-1, 1, 1, 1)
+            out = out + w * op(x)
+        return out
+
+
+class SearchCell(nn.Module):
+    def __init__(
+        self,
+        num_nodes: int,
+        c_prev_prev: int,
+        c_prev: int,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+        primitives: tuple[str, ...],
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.num_nodes = num_nodes
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList(
+            MixedOp(channels, 2 if reduction and src < 2 else 1, primitives)
+            for src, _ in edge_inputs(num_nodes)
+        )
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``weights``: (edges, ops) or (batch, edges, ops) mixing weights for this cell type."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        edge = 0
+        for _ in range(self.num_nodes):
+            node = 0
+            for src in range(len(states)):
+                node = node + self.edges[edge](states[src], weights[..., edge, :])
+                edge += 1
+            states.append(node)
+        return torch.cat(states[2:], dim=1)

@@ -1,0 +1,85 @@
+"""The DARTS supernet: stem, L search cells (reductions at L/3 and 2L/3), pooling, classifier."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hyperdarts.search_space.cells import SearchCell
+from hyperdarts.search_space.ops import PRIMITIVES, validate_primitives
+
+CELL_TYPES: tuple[str, str] = ("normal", "reduce")
+
+
+def reduction_layers(num_cells: int) -> tuple[int, int]:
+    """Cells that halve the resolution and double the channels, as in DARTS."""
+    return num_cells // 3, 2 * num_cells // 3
+
+
+def validate_space(
+    num_cells: int, num_nodes: int, init_channels: int, stem_multiplier: int, image_size: int
+) -> None:
+    """Fail before any training with the field that is wrong and how to fix it."""
+    if num_cells < 3:
+        raise ValueError(
+            f"num_cells={num_cells}: need at least 3 so that the reductions at L/3 and 2L/3 "
+            "leave at least one normal cell"
+        )
+    if num_nodes < 2:
+        raise ValueError(f"num_nodes={num_nodes}: a cell needs at least 2 intermediate nodes")
+    if init_channels < 1 or init_channels % 2:
+        raise ValueError(
+            f"init_channels={init_channels}: must be a positive even number (reductions split "
+            "channels in two)"
+        )
+    if stem_multiplier < 1:
+        raise ValueError(f"stem_multiplier={stem_multiplier}: must be >= 1")
+    if image_size < 4:
+        raise ValueError(f"image_size={image_size}: two reductions need images of at least 4x4")
+
+
+class SuperNet(nn.Module):
+    """Every edge of every cell holds all candidate ops; the mixing weights are an input."""
+
+    def __init__(
+        self,
+        num_channels: int,
+        num_classes: int,
+        image_size: int = 32,
+        init_channels: int = 16,
+        num_cells: int = 8,
+        num_nodes: int = 4,
+        stem_multiplier: int = 3,
+        primitives: tuple[str, ...] | list[str] = PRIMITIVES,
+    ) -> None:
+        super().__init__()
+        validate_space(num_cells, num_nodes, init_channels, stem_multiplier, image_size)
+        self.primitives = validate_primitives(primitives)
+        self.num_nodes = num_nodes
+        c_stem = stem_multiplier * init_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(num_channels, c_stem, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_stem, affine=False, track_running_stats=False),
+        )
+        reductions = reduction_layers(num_cells)
+        c_pp, c_p, c = c_stem, c_stem, init_channels
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(num_cells):
+            reduction = i in reductions
+            if reduction:
+                c *= 2
+            self.cells.append(
+                SearchCell(num_nodes, c_pp, c_p, c, reduction, reduction_prev, self.primitives)
+            )
+            reduction_prev = reduction
+            c_pp, c_p = c_p, num_nodes * c
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_p, num_classes)
+
+    def forward(self, x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``weights[cell_type]``: (edges, ops), or (batch, edges, ops) with per-example noise."""
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, weights["reduce" if cell.reduction else "normal"])
+        return self.classifier(self.pool(s1).flatten(1))
