@@ -187,20 +187,37 @@ class HyperDARTSSearch(L.LightningModule):
     def _architecture_step(
         self, opt_a: Any, opt_w: torch.optim.Optimizer, batch: dict[str, Batch], lam: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = self._noise(max(batch["weight"][0].shape[0], batch["arch"][0].shape[0]))
+        surrogate, val_loss, penalty = self.architecture_objective(batch, lam, opt_w)
+        opt_a.zero_grad()
+        self.manual_backward(surrogate)
+        opt_a.step()
+        return val_loss, penalty
+
+    def architecture_objective(
+        self,
+        batch: dict[str, Batch],
+        lam: float,
+        weight_optimizer: torch.optim.Optimizer | None = None,
+        noise: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A scalar whose gradient w.r.t. θ is the architecture gradient (of the configured order)
+        of L_val + λ·C, together with the validation loss and the penalty C.
+
+        The gradient w.r.t. α is computed on detached α (with functional calls), then sent through
+        α = G_θ(λ) as a vector-Jacobian product: backward of Σ α·g_α + λ·C(α). ``weight_optimizer``
+        supplies ξ, momentum and weight decay of the virtual step (defaults: the configured
+        values, no momentum buffer). ``noise``: the Gumbel sample shared by every pass of this
+        step (drawn here if not given).
+        """
+        if noise is None:
+            noise = self._noise(max(batch["weight"][0].shape[0], batch["arch"][0].shape[0]))
         loss_fn = partial(self._loss, noise=noise)
         params = dict(self.net.named_parameters())
         alpha = self.alpha(lam)
         if self.hparams.order == 1:
             grads, val_loss = first_order(loss_fn, params, alpha, batch["arch"])
         else:
-            group = opt_w.param_groups[0]
-            step = VirtualStep(group["lr"], group["momentum"], group["weight_decay"])
-            buffers = {
-                name: opt_w.state[p]["momentum_buffer"]
-                for name, p in params.items()
-                if opt_w.state.get(p, {}).get("momentum_buffer") is not None
-            }
+            step, buffers = self._virtual_step(weight_optimizer, params)
             grads, val_loss = second_order(
                 loss_fn,
                 params,
@@ -214,10 +231,21 @@ class HyperDARTSSearch(L.LightningModule):
             )
         penalty = self.complexity(relax(alpha, self.tau))
         surrogate = sum((alpha[k] * grads[k].detach()).sum() for k in alpha) + lam * penalty
-        opt_a.zero_grad()
-        self.manual_backward(surrogate)
-        opt_a.step()
-        return val_loss, penalty.detach()
+        return surrogate, val_loss, penalty.detach()
+
+    def _virtual_step(
+        self, optimizer: torch.optim.Optimizer | None, params: dict[str, torch.Tensor]
+    ) -> tuple[VirtualStep, dict[str, torch.Tensor]]:
+        hp = self.hparams
+        if optimizer is None:
+            return VirtualStep(hp.w_lr, hp.w_momentum, hp.w_weight_decay), {}
+        group = optimizer.param_groups[0]
+        buffers = {}
+        for name, p in params.items():
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                buffers[name] = buf
+        return VirtualStep(group["lr"], group["momentum"], group["weight_decay"]), buffers
 
     def _weight_step(self, opt_w: Any, batch: Batch, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
