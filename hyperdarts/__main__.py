@@ -1,4 +1,4 @@
-"""``python -m hyperdarts``: DDP relaunches this module on every rank, so keep it side-effect free."""
+"""``python -m hyperdarts``. DDP relaunches this module on every rank: keep it side-effect free."""
 
 from hyperdarts.cli import main
 

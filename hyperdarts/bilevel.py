@@ -37,16 +37,16 @@ class VirtualStep:
 
 def _grad(out: torch.Tensor, inputs: Params, **kwargs: Any) -> Params:
     grads = torch.autograd.grad(out, list(inputs.values()), allow_unused=True, **kwargs)
-    return {
-        k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(inputs.items(), grads)
-    }
+    return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(inputs.items(), grads)}
 
 
 def _leaves(tensors: Params) -> Params:
     return {k: v.detach().requires_grad_(True) for k, v in tensors.items()}
 
 
-def first_order(loss_fn: LossFn, params: Params, alpha: Params, val_batch: Any) -> tuple[Params, torch.Tensor]:
+def first_order(
+    loss_fn: LossFn, params: Params, alpha: Params, val_batch: Any
+) -> tuple[Params, torch.Tensor]:
     """∇_α L_val(w, α), ignoring how w* depends on α."""
     alpha = _leaves(alpha)
     loss = loss_fn({k: v.detach() for k, v in params.items()}, alpha, val_batch)

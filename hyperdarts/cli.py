@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
 
 from hyperdarts.data import ImageDataModule  # noqa: E402
+from hyperdarts.errors import HyperDARTSError  # noqa: E402
 
 RUN_DIR_ENV = "HYPERDARTS_RUN_DIR"  # lets DDP's relaunched ranks reuse rank zero's run directory
 LINKED = ("num_channels", "image_size", "num_classes")
@@ -53,7 +54,7 @@ class HyperDARTSCLI(LightningCLI):
             "--run_name",
             type=str | None,
             default=None,
-            help="Directory name of this run under trainer.default_root_dir (default: a timestamp). "
+            help="This run's directory name under trainer.default_root_dir (default: a timestamp). "
             "Give the same name on every node of a multi-node run.",
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -143,25 +144,44 @@ def _summary(model: L.LightningModule, run_dir: Path, trainer: L.Trainer) -> str
         lines.append(f"  last checkpoint: {ckpt.resolve()}")
     if hasattr(model, "sampler"):
         for lam in (model.val_grid[0], model.val_grid[-1]):
-            genotype = model.genotype(lam)
+            derived = model.genotype_complexity(model.genotype(lam))
             lines.append(
-                f"  λ={lam:<8.3g} derived architecture: complexity {model.genotype_complexity(genotype):.3f} "
+                f"  λ={lam:<8.3g} derived architecture: complexity {derived:.3f} "
                 f"(relaxed: {model.expected_complexity(lam):.3f})"
             )
     offline = sorted(Path(run_dir).glob("wandb/offline-run-*"))
     if offline:
-        lines.append(f"  W&B offline run: {offline[-1].resolve()}  (upload: wandb sync {offline[-1]})")
+        lines.append(
+            f"  W&B offline run: {offline[-1].resolve()}  (upload: wandb sync {offline[-1]})"
+        )
     return "\n".join(lines)
 
 
 def main(args: list[str] | None = None) -> HyperDARTSCLI:
+    """Run the CLI; errors a user can fix end with their message alone and exit status 2."""
     warnings.filterwarnings("ignore", module="jsonargparse")
-    return HyperDARTSCLI(
-        L.LightningModule,
-        ImageDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=RunConfigCallback,
-        args=args,
-        auto_configure_optimizers=False,
-    )
+    try:
+        return HyperDARTSCLI(
+            L.LightningModule,
+            ImageDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=RunConfigCallback,
+            args=args,
+            auto_configure_optimizers=False,
+        )
+    except Exception as err:
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _user_error(err: BaseException | None) -> HyperDARTSError | None:
+    """The user-fixable error behind ``err``; jsonargparse wraps those raised while instantiating."""
+    while err is not None:
+        if isinstance(err, HyperDARTSError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None

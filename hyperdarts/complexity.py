@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from hyperdarts.errors import ConfigError
 from hyperdarts.search_space.cells import MixedOp, edge_inputs
 from hyperdarts.search_space.networks import CELL_TYPES, SuperNet
 from hyperdarts.search_space.ops import build_op
@@ -59,7 +60,7 @@ def edge_input_sizes(net: SuperNet, image_size: int) -> list[list[int]]:
     first = net.stem[0]
     try:
         with torch.no_grad():
-            net(torch.zeros(1, first.in_channels, image_size, image_size), uniform)
+            net(torch.zeros(2, first.in_channels, image_size, image_size), uniform)  # BN needs 2
     finally:
         for h in hooks:
             h.remove()
@@ -72,7 +73,9 @@ def cost_tables(
     """cost[cell_type][edge, op], summed over all cells of that type (they share α)."""
     sizes = edge_input_sizes(net, image_size)
     num_edges = len(net.cells[0].edges)
-    tables = {ct: torch.zeros(num_edges, len(net.primitives), dtype=torch.float64) for ct in CELL_TYPES}
+    tables = {
+        ct: torch.zeros(num_edges, len(net.primitives), dtype=torch.float64) for ct in CELL_TYPES
+    }
     sources = [src for src, _ in edge_inputs(net.num_nodes)]
     cache: dict[tuple, int] = {}
     for cell, cell_sizes in zip(net.cells, sizes):
@@ -97,7 +100,9 @@ class ExpectedComplexity(nn.Module):
             self.register_buffer(f"cost_{ct}", tables[ct].float(), persistent=False)
         total = sum(tables[ct].max(dim=-1).values.sum() for ct in CELL_TYPES)
         if total <= 0:
-            raise ValueError("every operation in the search space costs nothing: nothing to control")
+            raise ConfigError(
+                "every operation in the search space costs nothing: nothing to control"
+            )
         self.normalizer = float(total)
 
     def raw(self, probs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from hyperdarts.errors import ConfigError, HyperDARTSError
+
 Transform = Callable[[Any], torch.Tensor]
 
 # What torchvision raises while fetching or parsing: RuntimeError (MNIST download failed or files
@@ -43,7 +45,7 @@ _IDX_FILES = (
 )
 
 
-class DatasetNotFoundError(RuntimeError):
+class DatasetNotFoundError(HyperDARTSError, RuntimeError):
     """The dataset files are missing or unreadable; the message says where to put which files."""
 
 
@@ -134,7 +136,7 @@ class ImageDataModule(lightning.LightningDataModule):
         """Fail early: a part smaller than one batch makes every step a short, partial batch."""
         sizes = {"weight": len(self.weight_indices), "arch": len(self.arch_indices)}
         if self.batch_size > min(sizes.values()):
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size={self.batch_size} is larger than a part of the training split "
                 f"(weight part: {sizes['weight']} examples, arch part: {sizes['arch']} examples); "
                 f"set batch_size <= {min(sizes.values())} or move arch_fraction toward 0.5"
@@ -181,13 +183,13 @@ class ImageDataModule(lightning.LightningDataModule):
 def _validate(batch_size: int, num_workers: int, arch_fraction: float) -> None:
     """Reject bad arguments at construction, before any data is touched."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}; set a positive batch_size")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}; set a positive batch_size")
     if num_workers < 0:
-        raise ValueError(
+        raise ConfigError(
             f"num_workers must be >= 0, got {num_workers}; use 0 to load in the main process"
         )
     if not 0 < arch_fraction < 1:
-        raise ValueError(
+        raise ConfigError(
             f"arch_fraction must be strictly between 0 and 1, got {arch_fraction}; "
             "e.g. 0.5 gives half of the training split to architecture steps"
         )

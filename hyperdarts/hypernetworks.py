@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from hyperdarts.errors import ConfigError
 from hyperdarts.search_space.networks import CELL_TYPES
 
 HypernetKind = Literal["constant", "linear", "piecewise", "mlp"]
@@ -69,7 +70,9 @@ class PiecewiseLinearHypernetwork(Hypernetwork):
     def __init__(self, num_edges: int, num_ops: int, num_knots: int = 5) -> None:
         super().__init__(num_edges, num_ops)
         if num_knots < 2:
-            raise ValueError(f"num_knots={num_knots}: a piecewise-linear map needs at least 2 knots")
+            raise ConfigError(
+                f"num_knots={num_knots}: a piecewise-linear map needs at least 2 knots"
+            )
         self.num_knots = num_knots
         self.anchors = self._init(num_knots)
 
@@ -86,7 +89,7 @@ class MLPHypernetwork(Hypernetwork):
     def __init__(self, num_edges: int, num_ops: int, hidden: int = 32) -> None:
         super().__init__(num_edges, num_ops)
         if hidden < 1:
-            raise ValueError(f"mlp_hidden={hidden}: must be >= 1")
+            raise ConfigError(f"mlp_hidden={hidden}: must be >= 1")
         out = nn.Linear(hidden, self.shape[0] * self.shape[1] * self.shape[2])
         nn.init.normal_(out.weight, std=INIT_SCALE)
         nn.init.normal_(out.bias, std=INIT_SCALE)
@@ -107,4 +110,4 @@ def build_hypernetwork(
         return PiecewiseLinearHypernetwork(num_edges, num_ops, num_knots)
     if kind == "mlp":
         return MLPHypernetwork(num_edges, num_ops, mlp_hidden)
-    raise ValueError(f"hypernet={kind!r}: choose one of constant, linear, piecewise, mlp")
+    raise ConfigError(f"hypernet={kind!r}: choose one of constant, linear, piecewise, mlp")

@@ -7,6 +7,8 @@ from typing import Literal
 
 import torch
 
+from hyperdarts.errors import ConfigError
+
 RelaxationKind = Literal["softmax", "gumbel"]
 
 
@@ -15,9 +17,9 @@ class LambdaSampler:
 
     def __init__(self, lambda_min: float, lambda_max: float) -> None:
         if not lambda_min > 0:
-            raise ValueError(f"lambda_min={lambda_min}: must be > 0 (λ is sampled on a log scale)")
+            raise ConfigError(f"lambda_min={lambda_min}: must be > 0 (λ is sampled on a log scale)")
         if not lambda_max > lambda_min:
-            raise ValueError(
+            raise ConfigError(
                 f"lambda_max={lambda_max} must be greater than lambda_min={lambda_min}"
             )
         self.log_min, self.log_max = math.log(lambda_min), math.log(lambda_max)
@@ -32,7 +34,7 @@ class LambdaSampler:
     def grid(self, num: int) -> list[float]:
         """``num`` log-spaced values from λ_min to λ_max inclusive."""
         if num < 1:
-            raise ValueError(f"grid size {num}: need at least 1 value")
+            raise ConfigError(f"grid size {num}: need at least 1 value")
         if num == 1:
             return [math.exp(self.log_min)]
         step = (self.log_max - self.log_min) / (num - 1)
@@ -43,9 +45,9 @@ class TemperatureSchedule:
     """τ decays exponentially from ``tau_start`` to ``tau_end`` > 0 over the search; never 0."""
 
     def __init__(self, tau_start: float = 1.0, tau_end: float = 1.0) -> None:
-        if not tau_start > 0 or not tau_end > 0:
-            raise ValueError(
-                f"temperature: tau_start={tau_start}, tau_end={tau_end}; both must be > 0"
+        if not (0 < tau_start < math.inf and 0 < tau_end < math.inf):
+            raise ConfigError(
+                f"temperature: tau_start={tau_start}, tau_end={tau_end}; both must be positive and finite"
             )
         self.tau_start, self.tau_end = tau_start, tau_end
 

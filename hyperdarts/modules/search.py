@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from hyperdarts.bilevel import HessianKind, VirtualStep, first_order, second_order
 from hyperdarts.complexity import ComplexityMetric, ExpectedComplexity, cost_tables
+from hyperdarts.errors import ConfigError
 from hyperdarts.hypernetworks import HypernetKind, build_hypernetwork
 from hyperdarts.relaxation import (
     LambdaSampler,
@@ -247,7 +248,9 @@ class HyperDARTSSearch(L.LightningModule):
                 buffers[name] = buf
         return VirtualStep(group["lr"], group["momentum"], group["weight_decay"]), buffers
 
-    def _weight_step(self, opt_w: Any, batch: Batch, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _weight_step(
+        self, opt_w: Any, batch: Batch, lam: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         with torch.no_grad():
             probs = relax(self.alpha(lam), self.tau, self._noise(x.shape[0]))
@@ -334,7 +337,10 @@ def _validate(
 ) -> None:
     checks = [
         (order in (1, 2), f"order={order}: use 1 (first order) or 2 (unrolled second order)"),
-        (hessian in ("exact", "finite_difference"), f"hessian={hessian!r}: exact or finite_difference"),
+        (
+            hessian in ("exact", "finite_difference"),
+            f"hessian={hessian!r}: exact or finite_difference",
+        ),
         (fd_epsilon > 0, f"fd_epsilon={fd_epsilon}: must be > 0"),
         (w_lr > 0 and math.isfinite(w_lr), f"w_lr={w_lr}: must be a positive number"),
         (0 <= w_lr_min <= w_lr, f"w_lr_min={w_lr_min}: must be in [0, w_lr={w_lr}]"),
@@ -344,4 +350,4 @@ def _validate(
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)

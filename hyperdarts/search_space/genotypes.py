@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from hyperdarts.errors import HyperDARTSError
 from hyperdarts.io import atomic_write_text
 from hyperdarts.search_space.cells import edge_inputs
 from hyperdarts.search_space.ops import OPS
@@ -30,7 +31,7 @@ VERSION = 1
 EDGES_PER_NODE = 2
 
 
-class GenotypeError(ValueError):
+class GenotypeError(HyperDARTSError, ValueError):
     """A genotype (or genotype file) that cannot describe a DARTS cell."""
 
 
@@ -71,13 +72,17 @@ class Genotype:
         if not isinstance(data, dict):
             raise GenotypeError(f"{source}: expected a JSON object, got {type(data).__name__}")
         if data.get("format", FORMAT) != FORMAT:
-            raise GenotypeError(f"{source}: 'format' is {data.get('format')!r}, expected {FORMAT!r}")
+            raise GenotypeError(
+                f"{source}: 'format' is {data.get('format')!r}, expected {FORMAT!r}"
+            )
         if data.get("version", VERSION) != VERSION:
             raise GenotypeError(
                 f"{source}: 'version' is {data.get('version')!r}; this hyperdarts reads version "
                 f"{VERSION}"
             )
-        missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in data]
+        missing = [
+            k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in data
+        ]
         if missing:
             raise GenotypeError(f"{source}: missing field(s) {missing}")
         try:
@@ -88,7 +93,9 @@ class Genotype:
                 reduce_concat=list(data["reduce_concat"]),
             )
         except GenotypeError as err:
-            raise GenotypeError(str(err) if str(err).startswith(source) else f"{source}: {err}")
+            raise GenotypeError(
+                str(err) if str(err).startswith(source) else f"{source}: {err}"
+            ) from None
         except TypeError as err:
             raise GenotypeError(f"{source}: malformed genotype ({err})") from None
 
@@ -136,7 +143,9 @@ def validate(genotype: Genotype) -> None:
             )
 
 
-def derive(probs: torch.Tensor, primitives: tuple[str, ...], num_nodes: int) -> list[tuple[str, int]]:
+def derive(
+    probs: torch.Tensor, primitives: tuple[str, ...], num_nodes: int
+) -> list[tuple[str, int]]:
     """DARTS rule: per edge its strongest op other than none; per node its two strongest edges.
 
     Ties go to the earlier op in ``primitives`` and the earlier input node, so the result is
@@ -178,7 +187,9 @@ def derive_genotype(
     )
 
 
-def one_hot(genotype: Genotype, primitives: tuple[str, ...], num_nodes: int) -> dict[str, torch.Tensor]:
+def one_hot(
+    genotype: Genotype, primitives: tuple[str, ...], num_nodes: int
+) -> dict[str, torch.Tensor]:
     """Mixing weights that select exactly the genotype's edges (zero elsewhere)."""
     if genotype.num_nodes != num_nodes:
         raise GenotypeError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hyperdarts.errors import ConfigError
 from hyperdarts.search_space.cells import SearchCell
 from hyperdarts.search_space.ops import PRIMITIVES, validate_primitives
 
@@ -21,21 +22,21 @@ def validate_space(
 ) -> None:
     """Fail before any training with the field that is wrong and how to fix it."""
     if num_cells < 3:
-        raise ValueError(
+        raise ConfigError(
             f"num_cells={num_cells}: need at least 3 so that the reductions at L/3 and 2L/3 "
             "leave at least one normal cell"
         )
     if num_nodes < 2:
-        raise ValueError(f"num_nodes={num_nodes}: a cell needs at least 2 intermediate nodes")
+        raise ConfigError(f"num_nodes={num_nodes}: a cell needs at least 2 intermediate nodes")
     if init_channels < 1 or init_channels % 2:
-        raise ValueError(
+        raise ConfigError(
             f"init_channels={init_channels}: must be a positive even number (reductions split "
             "channels in two)"
         )
     if stem_multiplier < 1:
-        raise ValueError(f"stem_multiplier={stem_multiplier}: must be >= 1")
+        raise ConfigError(f"stem_multiplier={stem_multiplier}: must be >= 1")
     if image_size < 4:
-        raise ValueError(f"image_size={image_size}: two reductions need images of at least 4x4")
+        raise ConfigError(f"image_size={image_size}: two reductions need images of at least 4x4")
 
 
 class SuperNet(nn.Module):

@@ -1,8 +1,8 @@
 """The DARTS candidate operations.
 
-Every op maps ``C`` channels to ``C`` channels; ``stride=2`` halves the spatial size (rounding up, so
-odd sizes such as MNIST's 7x7 work). During search BN has no affine parameters (DARTS), so the
-architecture weights alone scale each op; the evaluation network uses affine BN.
+Every op maps ``C`` channels to ``C`` channels; ``stride=2`` halves the spatial size (rounding
+up, so odd sizes such as MNIST's 7x7 work). During search BN has no affine parameters (DARTS), so
+the architecture weights alone scale each op; the evaluation network uses affine BN.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hyperdarts.errors import ConfigError
 
 PRIMITIVES: tuple[str, ...] = (
     "none",
@@ -51,7 +53,9 @@ class DilConv(nn.Sequential):
     ) -> None:
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
+            nn.Conv2d(
+                c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False
+            ),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine, track_running_stats=affine),
         )
@@ -75,7 +79,9 @@ class FactorizedReduce(nn.Module):
     def __init__(self, c_in: int, c_out: int, affine: bool = True) -> None:
         super().__init__()
         if c_out % 2:
-            raise ValueError(f"FactorizedReduce needs an even number of output channels, got {c_out}")
+            raise ConfigError(
+                f"FactorizedReduce needs an even number of output channels, got {c_out}"
+            )
         self.relu = nn.ReLU(inplace=False)
         self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
@@ -89,7 +95,7 @@ class FactorizedReduce(nn.Module):
 
 
 class Zero(nn.Module):
-    """The ``none`` op. Mixed ops skip it (its output and gradient are zero); kept for completeness."""
+    """The ``none`` op. Mixed ops skip it (output and gradient are zero); complexity counts it."""
 
     def __init__(self, stride: int) -> None:
         super().__init__()
@@ -120,7 +126,7 @@ OPS: dict[str, OpBuilder] = {
 def build_op(name: str, channels: int, stride: int, affine: bool) -> nn.Module:
     """Build op ``name``; pools get a BN during search so their scale matches the conv ops."""
     if name not in OPS:
-        raise ValueError(f"unknown operation {name!r}; known operations: {', '.join(OPS)}")
+        raise ConfigError(f"unknown operation {name!r}; known operations: {', '.join(OPS)}")
     op = OPS[name](channels, stride, affine)
     if "pool" in name and not affine:
         op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False, track_running_stats=False))
@@ -131,11 +137,11 @@ def validate_primitives(primitives: list[str] | tuple[str, ...]) -> tuple[str, .
     """Check a user's op set: known names, no repeats, at least one op other than ``none``."""
     unknown = [p for p in primitives if p not in OPS]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"primitives: unknown operation(s) {unknown}; choose from {', '.join(OPS)}"
         )
     if len(set(primitives)) != len(primitives):
-        raise ValueError(f"primitives: each operation may appear once, got {list(primitives)}")
+        raise ConfigError(f"primitives: each operation may appear once, got {list(primitives)}")
     if not [p for p in primitives if p != "none"]:
-        raise ValueError("primitives: needs at least one operation other than 'none'")
+        raise ConfigError("primitives: needs at least one operation other than 'none'")
     return tuple(primitives)

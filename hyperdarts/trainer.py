@@ -1,0 +1,210 @@
+"""The Trainer of the hyperdarts CLI: Lightning's, plus the ``derive`` subcommand.
+
+``derive`` reads a finished search's checkpoint and turns its hypernetwork into architectures: the
+family over a λ grid, or the largest architecture within a parameter budget. Nothing is trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from hyperdarts.errors import ConfigError, HyperDARTSError
+from hyperdarts.family import (
+    EvalSpec,
+    derive_family,
+    family_meta,
+    one_shot_accuracy,
+    parse_budget,
+    query_budget,
+)
+from hyperdarts.modules.search import HyperDARTSSearch
+from hyperdarts.reports import describe_files, format_family_table, write_family_report
+from hyperdarts.search_space.genotypes import save_genotype
+from hyperdarts.search_space.ops import PRIMITIVES
+
+# Settings that define what the hypernetwork's outputs mean; a mismatch with the same tensor shapes
+# (another primitive order, another λ range) would otherwise derive wrong architectures silently.
+SPACE_KEYS = (
+    "num_channels",
+    "image_size",
+    "num_classes",
+    "init_channels",
+    "num_cells",
+    "num_nodes",
+    "stem_multiplier",
+    "primitives",
+    "lambda_min",
+    "lambda_max",
+    "hypernet",
+    "complexity",
+)
+_SHOWN = 5  # differences listed per kind in an error message
+
+
+class CheckpointError(HyperDARTSError, ValueError):
+    """A checkpoint that is missing, unreadable, or from another search space."""
+
+
+class HyperDARTSTrainer(L.Trainer):
+    """Lightning's Trainer with the ``derive`` subcommand."""
+
+    def derive(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        budget: str | None = None,
+        lambdas: list[float] | None = None,
+        num: int = 9,
+        out: str | None = None,
+        one_shot: bool = True,
+        eval_init_channels: int = 36,
+        eval_num_cells: int = 20,
+    ) -> None:
+        """Derive the architecture family (or the largest architecture within --budget) from a
+        trained search checkpoint.
+
+        Args:
+            model: the search module, configured as for the search (same search space).
+            datamodule: its data; the validation split gives the one-shot accuracies.
+            ckpt_path: the search's checkpoint, e.g. runs/digits/<run>/checkpoints/last.ckpt.
+            budget: a parameter budget (e.g. 800k, 1.5M): write the largest architecture that
+                fits as genotype.json instead of the family.
+            lambdas: λ values of the family (default: ``num`` log-spaced over the searched range).
+            num: size of the default λ grid.
+            out: output directory (default: the checkpoint's run directory).
+            one_shot: measure one-shot accuracy (supernet with one-hot mixing weights).
+            eval_init_channels: retraining width at which parameters and FLOPs are counted.
+            eval_num_cells: retraining depth at which parameters and FLOPs are counted.
+        """
+        path = load_search_checkpoint(model, ckpt_path)
+        model.to(self.strategy.root_device)
+        spec = EvalSpec.for_module(model, eval_init_channels, eval_num_cells)
+        out_dir = Path(out) if out is not None else run_directory(path)
+        loader = validation_loader(datamodule) if one_shot else None
+        if budget is not None:
+            member = query_budget(model, parse_budget(budget), spec)
+            if loader is not None:
+                member.one_shot_accuracy = one_shot_accuracy(model, member.genotype, loader)
+            saved = save_genotype(member.genotype, out_dir / "genotype.json")
+            print(f"hyperdarts: largest architecture within {budget} parameters")
+            print(format_family_table([member]))
+            print(f"  {saved.resolve()}")
+            return
+        grid = family_lambdas(model, lambdas, num)
+        members = derive_family(model, grid, spec, loader)
+        files = write_family_report(members, out_dir, family_meta(model, spec, path))
+        print(f"hyperdarts: architecture family of {path}\n{format_family_table(members)}")
+        print(describe_files(files))
+
+
+def load_search_checkpoint(model: L.LightningModule, ckpt_path: str | None) -> Path:
+    """Load a search checkpoint into ``model`` after checking that it is one of the same space."""
+    if not isinstance(model, HyperDARTSSearch):
+        raise CheckpointError(f"derive needs a HyperDARTSSearch model, got {type(model).__name__}")
+    if ckpt_path is None:
+        raise CheckpointError(
+            "derive needs --ckpt_path: the checkpoint of a finished search, e.g. "
+            "runs/digits/<run>/checkpoints/last.ckpt"
+        )
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling a foreign file can raise anything (IndexError, …)
+        raise CheckpointError(
+            f"--ckpt_path {path}: not a readable checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict)")
+    check_same_space(model, checkpoint, path)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.on_load_checkpoint(checkpoint)
+    return path
+
+
+def check_same_space(model: HyperDARTSSearch, checkpoint: dict[str, Any], path: Path) -> None:
+    """Compare search-space settings and state-dict keys and shapes; name every difference."""
+    problems = _setting_differences(model, checkpoint.get("hyper_parameters") or {})
+    problems += _tensor_differences(model.state_dict(), checkpoint["state_dict"])
+    if problems:
+        raise CheckpointError(
+            f"--ckpt_path {path} comes from a different search space than the configured model:\n"
+            + "\n".join(f"  {p}" for p in problems)
+            + "\nConfigure the model as the search was (its run directory holds the config)."
+        )
+
+
+def _setting_differences(model: HyperDARTSSearch, saved: dict[str, Any]) -> list[str]:
+    current = model.hparams
+    shared = [key for key in SPACE_KEYS if key in saved and key in current]
+    return [
+        f"{key}: checkpoint {saved[key]!r}, model {current[key]!r}"
+        for key in shared
+        if _canonical(key, saved[key]) != _canonical(key, current[key])
+    ]
+
+
+def _canonical(key: str, value: Any) -> Any:
+    if key == "primitives":
+        return tuple(value or PRIMITIVES)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _tensor_differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    reshaped = [
+        f"{k}: checkpoint {tuple(found[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in sorted(expected.keys() & found.keys())
+        if found[k].shape != expected[k].shape
+    ]
+    return (
+        _listed("missing from the checkpoint", missing)
+        + _listed("not in the model", unexpected)
+        + _listed("shape differs", reshaped)
+    )
+
+
+def _listed(what: str, items: list[str]) -> list[str]:
+    if not items:
+        return []
+    more = [f"  ... and {len(items) - _SHOWN} more"] if len(items) > _SHOWN else []
+    return [f"{what} ({len(items)}):", *(f"  {item}" for item in items[:_SHOWN]), *more]
+
+
+def run_directory(ckpt: Path) -> Path:
+    """The run directory of a checkpoint: <run>/checkpoints/x.ckpt → <run>."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def validation_loader(datamodule: L.LightningDataModule | None) -> DataLoader:
+    if datamodule is None:
+        raise ConfigError(
+            "one-shot accuracy needs a data module (--data); or pass --one_shot false"
+        )
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    return datamodule.val_dataloader()
+
+
+def family_lambdas(model: HyperDARTSSearch, lambdas: list[float] | None, num: int) -> list[float]:
+    """The explicit λ values (checked to lie in the searched range), or ``num`` log-spaced."""
+    if not lambdas:
+        return model.sampler.grid(num)
+    low, high = model.hparams.lambda_min, model.hparams.lambda_max
+    slack = 1e-9  # λ values printed and pasted back may be off in the last digits
+    outside = [lam for lam in lambdas if not low * (1 - slack) <= lam <= high * (1 + slack)]
+    if outside:
+        raise ConfigError(
+            f"--lambdas {outside}: outside the searched range [{low:g}, {high:g}]; the "
+            "hypernetwork was trained only there"
+        )
+    return sorted(lambdas)
