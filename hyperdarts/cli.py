@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from hyperdarts.data import ImageDataModule  # noqa: E402
 from hyperdarts.errors import HyperDARTSError  # noqa: E402
+from hyperdarts.trainer import HyperDARTSTrainer  # noqa: E402
 
 RUN_DIR_ENV = "HYPERDARTS_RUN_DIR"  # lets DDP's relaunched ranks reuse rank zero's run directory
 LINKED = ("num_channels", "image_size", "num_classes")
@@ -49,6 +50,10 @@ class RunConfigCallback(SaveConfigCallback):
 
 
 class HyperDARTSCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "derive": {"model", "datamodule"}}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--run_name",
@@ -64,6 +69,9 @@ class HyperDARTSCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "derive":  # writes next to the checkpoint it reads (or to --out)
+            config.trainer.logger = False
+            return
         self.run_dir = _resolve_run_dir(config, self.subcommand)
         config.trainer.default_root_dir = str(self.run_dir)
         if config.checkpoint.dirpath is None:
@@ -167,6 +175,7 @@ def main(args: list[str] | None = None) -> HyperDARTSCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=RunConfigCallback,
+            trainer_class=HyperDARTSTrainer,
             args=args,
             auto_configure_optimizers=False,
         )

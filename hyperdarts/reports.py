@@ -6,6 +6,7 @@ state and no GUI backend, so they work headless, in a callback and in tests alik
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from hyperdarts.search_space.networks import CELL_TYPES
 
 DPI = 120
 INPUT_COLOR, NODE_COLOR, OUTPUT_COLOR = "#a6cee3", "#ffffb3", "#b2df8a"
+BENDS = (0.0, 0.15, -0.15, 0.3, -0.3, 0.45, -0.45)  # arcs tried for edges that skip layers
+CLEAR = 0.3  # distance (in layer units) from a node's centre that an edge should keep
 
 
 @dataclass(frozen=True)
@@ -127,14 +130,15 @@ def plot_cell(genotype: Genotype, cell_type: str, path: str | Path) -> Path:
         raise ValueError(f"cell_type={cell_type!r}: choose one of {', '.join(CELL_TYPES)}")
     graph = cell_graph(genotype, cell_type)
     pos = layered_layout(graph)
-    layers = 1 + max(layer for _, layer in graph.nodes(data="layer"))
-    fig = Figure(figsize=(2.2 * layers + 1, 4.5))
+    # One size per search space (the longest chain has num_nodes + 2 layers), not per cell: W&B
+    # shows images of one key as a gallery only when their sizes match.
+    fig = Figure(figsize=(1.7 * (genotype.num_nodes + 2) + 1, 4.2), layout="constrained")
     ax = fig.add_subplot()
     ax.set_axis_off()
     colors = [_color(graph, n) for n in graph]
     nx.draw_networkx_nodes(graph, pos, ax=ax, node_color=colors, node_size=900, edgecolors="k")
     nx.draw_networkx_labels(graph, pos, {n: _label(n) for n in graph}, ax=ax, font_size=10)
-    for edges, style, line, label_pos in _edge_groups(graph):
+    for edges, style, line, label_pos in _edge_groups(graph, pos):
         nx.draw_networkx_edges(
             graph,
             pos,
@@ -158,7 +162,7 @@ def plot_cell(genotype: Genotype, cell_type: str, path: str | Path) -> Path:
         )
     ax.set_title(f"{cell_type} cell")
     ax.margins(0.12)
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 def layered_layout(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
@@ -179,22 +183,50 @@ def layered_layout(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
     return pos
 
 
-def _edge_groups(graph: nx.DiGraph) -> list[tuple[list[tuple[str, str]], str, str, float]]:
+def _edge_groups(
+    graph: nx.DiGraph, pos: dict[str, tuple[float, float]]
+) -> list[tuple[list[tuple[str, str]], str, str, float]]:
     """(edges, connection style, line style, label position) per kind of edge.
 
-    Ops are solid, with labels nearer the target (edges fan out from the inputs, labels there
-    would collide); edges that skip layers bend more, to pass around the nodes in between, and
-    are labelled midway; the concatenation into the output is dashed.
+    Ops are solid, labelled nearer the target (edges fan out from the inputs: labels there would
+    collide); the concatenation into the output is dashed. Edges that skip layers bend around
+    the nodes in between and are labelled midway.
     """
-    layer = dict(graph.nodes(data="layer"))
-    ops = [(u, v) for u, v, op in graph.edges(data="op") if op]
-    short = [(u, v) for u, v in ops if layer[v] - layer[u] <= 1]
-    long = [(u, v) for u, v in ops if layer[v] - layer[u] > 1]
-    concat = [(u, v) for u, v, op in graph.edges(data="op") if not op]
+    groups: dict[tuple[str, str, float], list[tuple[str, str]]] = {}
+    for u, v, op in graph.edges(data="op"):
+        skips = graph.nodes[v]["layer"] - graph.nodes[u]["layer"] > 1
+        rad = _bend(graph, pos, u, v) if skips else 0.05
+        key = ("solid" if op else "dashed", f"arc3,rad={rad}", 0.65 if op and not skips else 0.5)
+        groups.setdefault(key, []).append((u, v))
+    return [(edges, style, line, at) for (line, style, at), edges in groups.items()]
+
+
+def _bend(graph: nx.DiGraph, pos: dict[str, tuple[float, float]], u: str, v: str) -> float:
+    """The least arc (matplotlib arc3 rad) that keeps the edge clear of the skipped nodes."""
+    low, high = graph.nodes[u]["layer"], graph.nodes[v]["layer"]
+    skipped = [pos[n] for n, layer in graph.nodes(data="layer") if low < layer < high]
+
+    def score(rad: float) -> tuple[float, float]:
+        clearance = min(math.dist(p, q) for p in _arc(pos[u], pos[v], rad) for q in skipped)
+        return min(clearance, CLEAR), -abs(rad)
+
+    return max(BENDS, key=score)
+
+
+def _arc(
+    start: tuple[float, float], end: tuple[float, float], rad: float
+) -> list[tuple[float, float]]:
+    """Points of matplotlib's arc3 curve: a quadratic Bézier through a control point offset
+    ``rad`` × the chord length, perpendicular to the chord."""
+    (x1, y1), (x2, y2) = start, end
+    cx, cy = (x1 + x2) / 2 + rad * (y2 - y1), (y1 + y2) / 2 - rad * (x2 - x1)
+    ts = [k / 10 for k in range(1, 10)]
     return [
-        (short, "arc3,rad=0.05", "solid", 0.65),
-        (long, "arc3,rad=0.2", "solid", 0.5),
-        (concat, "arc3,rad=-0.1", "dashed", 0.5),
+        (
+            (1 - t) ** 2 * x1 + 2 * t * (1 - t) * cx + t**2 * x2,
+            (1 - t) ** 2 * y1 + 2 * t * (1 - t) * cy + t**2 * y2,
+        )
+        for t in ts
     ]
 
 
@@ -208,10 +240,10 @@ def _label(node: str) -> str:
     return f"${node}$" if node.startswith("c_") else node
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight" if tight else None, facecolor="white")
     return path
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests' networks are tiny: one intra-op thread is as fast, and does not collapse when the
+# machine is shared (two threads fighting for two busy cores made single steps 100x slower).
+torch.set_num_threads(1)
 CONFIGS = REPO / "configs"
 
 

@@ -77,7 +77,7 @@ def test_fit_fast_dev_run(tmp_path: Path, hypernet: str, order: int, relaxation:
 
 def test_runs_get_their_own_directories_and_resume(tmp_path: Path) -> None:
     root = tmp_path / "runs"
-    short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
     first = fit(root, *short, "--trainer.max_epochs", "1")
     run_dir = Path(first.trainer.default_root_dir)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
