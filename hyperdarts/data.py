@@ -1,8 +1,10 @@
-"""LightningDataModules that feed a bilevel (DARTS-style) search.
+"""LightningDataModules that feed a bilevel (DARTS-style) search, and the retraining after it.
 
 The training split of each dataset is cut once, with a seeded permutation, into a "weight" part
 (trains the network weights) and an "arch" part (trains the architecture parameters and doubles as
 the validation set, as in DARTS). The dataset's own test split stays held out for the final report.
+For retraining (``paired=False``) only the weight part trains; the arch part is the validation set
+that picks the best epoch, so the test split is never used for model selection.
 """
 
 import os
@@ -64,11 +66,43 @@ class _TransformedView(Dataset):
         return self.transform(image), label
 
 
+class Cutout:
+    """Zero one ``size`` x ``size`` square at a uniformly random centre, clipped at the borders.
+
+    DARTS's Cutout (DeVries & Taylor, 2017), applied to normalized tensors, so the square is at the
+    dataset mean. The centre may lie anywhere in the image, so squares near a border are smaller.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ConfigError(f"cutout={size}: the square's side must be >= 1 (0 disables cutout)")
+        self.size = size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        y, x = (int(torch.randint(n, ())) for n in (height, width))
+        top, left = max(y - self.size // 2, 0), max(x - self.size // 2, 0)
+        bottom = min(y - self.size // 2 + self.size, height)
+        right = min(x - self.size // 2 + self.size, width)
+        image = image.clone()
+        image[..., top:bottom, left:right] = 0
+        return image
+
+    def __repr__(self) -> str:
+        return f"Cutout(size={self.size})"
+
+
 class ImageDataModule(lightning.LightningDataModule):
     """Base class: splits the training set into weight/arch parts and builds the loaders.
 
     Subclasses set the shape attributes (class-level, so they are readable before ``setup``,
     which the CLI needs to size the model) and implement ``_load_splits``.
+
+    Args:
+        paired: the search's loader, weight and arch batches side by side; ``False`` for
+            retraining: one shuffled loader over the weight part.
+        cutout: side of the Cutout square on training images (0: off), after any other
+            augmentation and the normalization, as in DARTS.
     """
 
     num_channels: int
@@ -89,9 +123,11 @@ class ImageDataModule(lightning.LightningDataModule):
         seed: int = 0,
         augment: bool = True,
         pin_memory: bool = False,
+        paired: bool = True,
+        cutout: int = 0,
     ) -> None:
         super().__init__()
-        _validate(batch_size, num_workers, arch_fraction)
+        _validate(batch_size, num_workers, arch_fraction, cutout)
         self.root = root
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -100,6 +136,8 @@ class ImageDataModule(lightning.LightningDataModule):
         self.seed = seed
         self.augment = augment
         self.pin_memory = pin_memory
+        self.paired = paired
+        self.cutout = cutout
         self._views: tuple[Dataset, Dataset, Dataset] | None = None
         # Recorded so loggers and checkpoints show which data a run used.
         self.save_hyperparameters()
@@ -116,6 +154,10 @@ class ImageDataModule(lightning.LightningDataModule):
         """Transform for the training loaders; subclasses that augment override this."""
         return self.eval_transform()
 
+    def _training_transform(self) -> Transform:
+        base = self.train_transform()
+        return v2.Compose([base, Cutout(self.cutout)]) if self.cutout else base
+
     def setup(self, stage: str | None = None) -> None:
         """Load the data once and cut the training split; later stages reuse the result."""
         if self._views is not None:
@@ -127,24 +169,30 @@ class ImageDataModule(lightning.LightningDataModule):
         )
         self._check_batch_size()
         self._views = (
-            _TransformedView(train, self.train_transform()),
+            _TransformedView(train, self._training_transform()),
             _TransformedView(train, self.eval_transform()),
             _TransformedView(test, self.eval_transform()),
         )
 
     def _check_batch_size(self) -> None:
-        """Fail early: a part smaller than one batch makes every step a short, partial batch."""
+        """Fail early: a training part smaller than one batch makes every step a short, partial
+        batch. Unpaired, the arch part only validates, and validation takes partial batches."""
         sizes = {"weight": len(self.weight_indices), "arch": len(self.arch_indices)}
-        if self.batch_size > min(sizes.values()):
+        trained = sizes if self.paired else {"weight": sizes["weight"]}
+        if self.batch_size > min(trained.values()):
+            rebalance = " or move arch_fraction toward 0.5" if self.paired else ""
             raise ConfigError(
                 f"batch_size={self.batch_size} is larger than a part of the training split "
                 f"(weight part: {sizes['weight']} examples, arch part: {sizes['arch']} examples); "
-                f"set batch_size <= {min(sizes.values())} or move arch_fraction toward 0.5"
+                f"set batch_size <= {min(trained.values())}{rebalance}"
             )
 
-    def train_dataloader(self) -> CombinedLoader:
-        """Weight and arch batches side by side: ``batch = {"weight": (x, y), "arch": (x, y)}``."""
+    def train_dataloader(self) -> CombinedLoader | DataLoader:
+        """Paired: weight and arch batches side by side, ``batch = {"weight": (x, y),
+        "arch": (x, y)}``. Unpaired: plain ``(x, y)`` batches of the weight part."""
         train_view = self._require_views()[0]
+        if not self.paired:
+            return self._loader(Subset(train_view, self.weight_indices.tolist()), 1)
         loaders = {
             "weight": self._loader(Subset(train_view, self.weight_indices.tolist()), 1),
             "arch": self._loader(Subset(train_view, self.arch_indices.tolist()), 2),
@@ -180,7 +228,7 @@ class ImageDataModule(lightning.LightningDataModule):
         )
 
 
-def _validate(batch_size: int, num_workers: int, arch_fraction: float) -> None:
+def _validate(batch_size: int, num_workers: int, arch_fraction: float, cutout: int) -> None:
     """Reject bad arguments at construction, before any data is touched."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}; set a positive batch_size")
@@ -193,6 +241,8 @@ def _validate(batch_size: int, num_workers: int, arch_fraction: float) -> None:
             f"arch_fraction must be strictly between 0 and 1, got {arch_fraction}; "
             "e.g. 0.5 gives half of the training split to architecture steps"
         )
+    if cutout < 0:
+        raise ConfigError(f"cutout must be >= 0, got {cutout}; 0 disables cutout, DARTS uses 16")
 
 
 def split_indices(n: int, arch_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

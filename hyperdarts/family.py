@@ -29,7 +29,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,7 @@ BUDGET_FORMS = (
     "a positive number of parameters with an optional suffix k (thousand), M (million) or G/B "
     "(billion), e.g. 800k, 1.5M, 2000, 1e6"
 )
+MAX_BUDGET = 10**15
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 _BUDGET = re.compile(r"\s*((?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*([kmgb]?)\s*", re.I)
 
@@ -240,7 +241,8 @@ def query_budget(
 
     Scans ``num`` log-spaced λ over the searched range, then bisects (``refine_steps`` deep, in
     log λ) between neighbours whose genotypes differ, to catch architectures that live only on a
-    narrow λ interval. Ties in parameters go to the smaller λ.
+    narrow λ interval. Ties in parameters go to the smaller λ. The member's ``lambdas`` are all
+    scanned λ that give its genotype.
     """
     if budget < 1:
         raise BudgetError(f"budget {budget}: must be at least 1 parameter")
@@ -293,12 +295,13 @@ def parse_budget(text: str | int) -> int:
         match = _BUDGET.fullmatch(str(text))
         if match is None:
             raise BudgetError(f"budget {text!r}: expected {BUDGET_FORMS}")
-        try:
-            value = Decimal(match[1].replace("_", "")) * _SUFFIXES[match[2].lower()]
-        except InvalidOperation:
-            raise BudgetError(f"budget {text!r}: expected {BUDGET_FORMS}") from None
-    if value < 1:
-        raise BudgetError(f"budget {text!r}: must be at least 1 parameter; expected {BUDGET_FORMS}")
+        value = Decimal(match[1].replace("_", ""))
+        # Bounded before scaling and int(): "1e999999999" would otherwise take forever.
+        value = value * _SUFFIXES[match[2].lower()] if value <= MAX_BUDGET else value
+    if not 1 <= value <= MAX_BUDGET:
+        raise BudgetError(
+            f"budget {text!r}: must be 1 to {MAX_BUDGET:.0e}; expected {BUDGET_FORMS}"
+        )
     return int(value)
 
 

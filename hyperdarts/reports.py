@@ -33,9 +33,6 @@ class FamilyFiles:
     plot: Path
     cells: tuple[Path, ...]
 
-    def all(self) -> list[Path]:
-        return [self.json, self.csv, self.plot, *self.cells]
-
 
 def describe_files(files: FamilyFiles) -> str:
     """The written paths, for the terminal (the cell drawings by their folder)."""
@@ -93,12 +90,17 @@ def plot_family(members: Sequence[FamilyMember], path: str | Path) -> Path:
 
 
 def plot_family_cells(members: Sequence[FamilyMember], directory: str | Path) -> list[Path]:
+    """cell_<i>_{normal,reduce}.png per member; drawings left by an earlier, larger family in the
+    same directory are removed, so that the folder always matches family.json."""
     directory = Path(directory)
-    return [
+    written = [
         plot_cell(m.genotype, cell_type, directory / f"cell_{i}_{cell_type}.png")
         for i, m in enumerate(members)
         for cell_type in CELL_TYPES
     ]
+    for stale in set(directory.glob("cell_*_*.png")) - set(written):
+        stale.unlink()
+    return written
 
 
 def cell_graph(genotype: Genotype, cell_type: str) -> nx.DiGraph:

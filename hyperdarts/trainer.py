@@ -53,6 +53,7 @@ class CheckpointError(HyperDARTSError, ValueError):
 class HyperDARTSTrainer(L.Trainer):
     """Lightning's Trainer with the ``derive`` subcommand."""
 
+    # LightningCLI shows only the docstring's first line as the subcommand's help: one long line.
     def derive(
         self,
         model: L.LightningModule,
@@ -66,8 +67,7 @@ class HyperDARTSTrainer(L.Trainer):
         eval_init_channels: int = 36,
         eval_num_cells: int = 20,
     ) -> None:
-        """Derive the architecture family (or the largest architecture within --budget) from a
-        trained search checkpoint.
+        """Derive the architecture family (or the largest architecture within --budget) from a trained search checkpoint.
 
         Args:
             model: the search module, configured as for the search (same search space).
@@ -81,26 +81,45 @@ class HyperDARTSTrainer(L.Trainer):
             one_shot: measure one-shot accuracy (supernet with one-hot mixing weights).
             eval_init_channels: retraining width at which parameters and FLOPs are counted.
             eval_num_cells: retraining depth at which parameters and FLOPs are counted.
-        """
+        """  # noqa: E501
         path = load_search_checkpoint(model, ckpt_path)
+        limit = None if budget is None else parse_budget(budget)
+        grid = family_lambdas(model, lambdas, num) if limit is None else []
         model.to(self.strategy.root_device)
         spec = EvalSpec.for_module(model, eval_init_channels, eval_num_cells)
         out_dir = Path(out) if out is not None else run_directory(path)
         loader = validation_loader(datamodule) if one_shot else None
-        if budget is not None:
-            member = query_budget(model, parse_budget(budget), spec)
-            if loader is not None:
-                member.one_shot_accuracy = one_shot_accuracy(model, member.genotype, loader)
-            saved = save_genotype(member.genotype, out_dir / "genotype.json")
-            print(f"hyperdarts: largest architecture within {budget} parameters")
-            print(format_family_table([member]))
-            print(f"  {saved.resolve()}")
-            return
-        grid = family_lambdas(model, lambdas, num)
-        members = derive_family(model, grid, spec, loader)
-        files = write_family_report(members, out_dir, family_meta(model, spec, path))
-        print(f"hyperdarts: architecture family of {path}\n{format_family_table(members)}")
-        print(describe_files(files))
+        if limit is not None:
+            write_budget_member(model, limit, spec, loader, out_dir)
+        else:
+            write_family(model, grid, spec, loader, out_dir, path)
+
+
+def write_budget_member(
+    model: HyperDARTSSearch, budget: int, spec: EvalSpec, loader: Any, out_dir: Path
+) -> None:
+    """The largest architecture within ``budget`` → ``out_dir``/genotype.json, ready to retrain."""
+    member = query_budget(model, budget, spec)
+    if loader is not None:
+        member.one_shot_accuracy = one_shot_accuracy(model, member.genotype, loader)
+    saved = save_genotype(member.genotype, out_dir / "genotype.json")
+    print(f"hyperdarts: the largest architecture within {budget:,} parameters")
+    print(format_family_table([member]))
+    print(f"  {saved.resolve()}")
+
+
+def write_family(
+    model: HyperDARTSSearch,
+    lambdas: list[float],
+    spec: EvalSpec,
+    loader: Any,
+    out_dir: Path,
+    checkpoint: Path,
+) -> None:
+    members = derive_family(model, lambdas, spec, loader)
+    files = write_family_report(members, out_dir, family_meta(model, spec, checkpoint))
+    print(f"hyperdarts: architecture family of {checkpoint}\n{format_family_table(members)}")
+    print(describe_files(files))
 
 
 def load_search_checkpoint(model: L.LightningModule, ckpt_path: str | None) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,14 @@ def test_runs_get_their_own_directories_and_resume(tmp_path: Path) -> None:
     assert (run_dir / "config.yaml").read_text() == config_before
     assert (run_dir / "config-2.yaml").is_file()
 
+    derive = ["derive", "--config", str(CONFIGS / "digits.yaml"), "--ckpt_path"]
+    derive += [str(run_dir / "checkpoints" / "last.ckpt"), "--one_shot", "false"]
+    main([*derive, "--budget", "1G"])
+    assert json.loads((run_dir / "genotype.json").read_text())["format"] == "hyperdarts.genotype"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*derive, "--budget", "10"])
+    assert exit_info.value.code == 2
+
     fresh = fit(root, *short, "--trainer.max_epochs", "1", "--run_name", "second")
     assert Path(fresh.trainer.default_root_dir) == root / "second"
     assert (run_dir / "config.yaml").read_text() == config_before
@@ -138,7 +147,8 @@ def test_wandb_without_api_key_logs_offline(
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     args = ["fit", "--config", str(CONFIGS / "digits.yaml")]
-    args += ["--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.fast_dev_run", "1"]
+    args += ["--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.max_steps", "2"]
+    args += ["--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false"]
     try:
         cli = main([*args, "--model.init_args.init_channels", "4"])
     finally:
@@ -146,3 +156,5 @@ def test_wandb_without_api_key_logs_offline(
     assert "no W&B API key found, logging offline" in capsys.readouterr().err
     run_dir = Path(cli.trainer.default_root_dir)
     assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert list(run_dir.glob("wandb/offline-run-*/files/media/table/**/*.table.json"))
+    assert (run_dir / "family.json").is_file() and (run_dir / "family.png").is_file()

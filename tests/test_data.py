@@ -11,6 +11,7 @@ from fake_datasets import ignore_cifar_md5, write_fake_cifar10, write_fake_mnist
 
 from hyperdarts.data import (
     CIFAR10DataModule,
+    Cutout,
     DatasetNotFoundError,
     DigitsDataModule,
     FashionMNISTDataModule,
@@ -223,3 +224,50 @@ def test_batch_larger_than_a_part_is_rejected(tmp_path: Path) -> None:
 def test_bad_arguments_are_rejected(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         DigitsDataModule(**kwargs)
+
+
+def test_unpaired_loader_trains_on_the_weight_part_only() -> None:
+    """Retraining: plain (x, y) batches of the weight part; the arch part validates."""
+    dm = DigitsDataModule(batch_size=16, arch_fraction=0.1, paired=False)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    x, y = next(iter(loader))
+    assert x.shape == (16, 1, 8, 8) and y.shape == (16,)
+    assert loader.dataset.indices == dm.weight_indices.tolist()
+    assert dm.val_dataloader().dataset.indices == dm.arch_indices.tolist()
+
+
+def test_unpaired_batch_may_exceed_the_validation_part(tmp_path: Path) -> None:
+    write_fake_mnist(tmp_path, n_train=40)
+    kwargs = {"root": str(tmp_path), "batch_size": 16, "arch_fraction": 0.25, "download": False}
+    MNISTDataModule(paired=False, **kwargs).setup("fit")  # arch part: 10 examples, validation only
+    with pytest.raises(ValueError, match="batch_size=16"):
+        MNISTDataModule(**kwargs).setup("fit")
+
+
+def test_cutout_zeroes_one_clipped_square() -> None:
+    torch.manual_seed(0)
+    cut = Cutout(4)
+    holes = [int((cut(torch.ones(3, 10, 10))[0] == 0).sum()) for _ in range(200)]
+    assert max(holes) == 16 and min(holes) >= 4  # whole inside; a quarter at a corner centre
+    assert len(set(holes)) > 2  # clipped at the borders
+    image = cut(torch.ones(3, 10, 10))
+    assert torch.equal(image[0] == 0, image[2] == 0)  # the same square in every channel
+    with pytest.raises(ValueError, match="cutout"):
+        DigitsDataModule(cutout=-1)
+
+
+def test_cutout_applies_to_training_reads_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ignore_cifar_md5(monkeypatch)
+    write_fake_cifar10(tmp_path)
+    dm = CIFAR10DataModule(
+        root=str(tmp_path), batch_size=8, download=False, augment=False, cutout=16, paired=False
+    )
+    dm.setup("fit")
+    torch.manual_seed(0)
+    train_view = dm.train_dataloader().dataset.dataset
+    val_view = dm.val_dataloader().dataset.dataset
+    assert all(int((train_view[0][0] == 0).all(0).sum()) >= 64 for _ in range(10))
+    assert int((val_view[0][0] == 0).all(0).sum()) == 0

@@ -1,5 +1,6 @@
-"""LightningModules: the hypernetwork search (and, later, retraining of discrete networks)."""
+"""LightningModules: the hypernetwork search, and retraining of the discrete networks it finds."""
 
+from hyperdarts.modules.retrain import RetrainModule
 from hyperdarts.modules.search import HyperDARTSSearch
 
-__all__ = ["HyperDARTSSearch"]
+__all__ = ["HyperDARTSSearch", "RetrainModule"]
