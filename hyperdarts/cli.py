@@ -80,7 +80,7 @@ class HyperDARTSCLI(LightningCLI):
             logger.init_args.save_dir = str(self.run_dir)
             if logger.class_path.endswith("WandbLogger"):
                 logger.init_args.name = logger.init_args.get("name") or self.run_dir.name
-                _default_wandb_offline()
+                default_wandb_offline()
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:
@@ -93,23 +93,34 @@ def _logger_configs(logger: Any) -> list[Namespace]:
 
 
 def _resolve_run_dir(config: Namespace, subcommand: str | None) -> Path:
-    if int(os.environ.get("LOCAL_RANK", "0")) > 0 and os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])  # a rank that Lightning's DDP launcher started
     root = Path(config.trainer.default_root_dir or "runs")
-    if subcommand == "fit" and config.get("ckpt_path") == "last":
-        run_dir = _newest_resumable(root)
-        config.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
-    elif config.get("run_name"):
+    if config.get("run_name"):
         run_dir = root / config.run_name
+    elif int(os.environ.get("LOCAL_RANK", "0")) > 0 and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])  # a rank that Lightning's DDP launcher started
+    elif subcommand == "fit" and config.get("ckpt_path") == "last":
+        run_dir = _newest_resumable(root)
     else:
         run_dir = root / time.strftime("run-%Y%m%d-%H%M%S")
         n = 1
         while run_dir.exists():
             n += 1
             run_dir = root / f"{time.strftime('run-%Y%m%d-%H%M%S')}-{n}"
+    if subcommand == "fit" and config.get("ckpt_path") == "last":
+        config.ckpt_path = str(_last_checkpoint(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     return run_dir
+
+
+def _last_checkpoint(run_dir: Path) -> Path:
+    path = run_dir / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise SystemExit(
+            f"error: --ckpt_path last: {path} does not exist. Start this run without --ckpt_path, "
+            "or pass the path of a checkpoint file."
+        )
+    return path
 
 
 def _newest_resumable(root: Path) -> Path:
@@ -123,7 +134,7 @@ def _newest_resumable(root: Path) -> Path:
     return candidates[-1].parent.parent
 
 
-def _default_wandb_offline() -> None:
+def default_wandb_offline() -> None:
     """Without an API key W&B would fail (or ask): log offline instead, and say how to sync."""
     if os.environ.get("WANDB_MODE") or _has_wandb_key():
         return
@@ -150,6 +161,13 @@ def _summary(model: L.LightningModule, run_dir: Path, trainer: L.Trainer) -> str
     ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
     if ckpt.exists():
         lines.append(f"  last checkpoint: {ckpt.resolve()}")
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best:
+        lines.append(
+            f"  best checkpoint ({trainer.checkpoint_callback.monitor}): {Path(best).resolve()}\n"
+            "  evaluate it once on the test split: python -m hyperdarts test --config <config> "
+            "--ckpt_path <best checkpoint>"
+        )
     if hasattr(model, "sampler"):
         for lam in (model.val_grid[0], model.val_grid[-1]):
             derived = model.genotype_complexity(model.genotype(lam))
@@ -188,7 +206,7 @@ def main(args: list[str] | None = None) -> HyperDARTSCLI:
 
 
 def _user_error(err: BaseException | None) -> HyperDARTSError | None:
-    """The user-fixable error behind ``err``; jsonargparse wraps those raised while instantiating."""
+    """The user-fixable error behind ``err`` (jsonargparse wraps those raised in __init__)."""
     while err is not None:
         if isinstance(err, HyperDARTSError):
             return err

@@ -43,7 +43,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from hyperdarts.cli import _default_wandb_offline
+from hyperdarts.cli import default_wandb_offline
 from hyperdarts.cli import main as cli_main
 from hyperdarts.errors import HyperDARTSError
 from hyperdarts.family import FamilyMember, genotype_string, load_family
@@ -420,7 +420,7 @@ def log_frontier(
     rows: list[FrontierRow], files: FrontierFiles, wandb_args: dict[str, Any], out: Path
 ) -> None:
     """The frontier as a W&B table and plot, in its own run of the config's project."""
-    _default_wandb_offline()
+    default_wandb_offline()
     import wandb  # only where W&B is used: importing it is slow
 
     columns = ["member", "lambda", "params", "flops", "test_acc_mean", "test_acc_std", "seeds"]

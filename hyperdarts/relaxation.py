@@ -47,7 +47,7 @@ class TemperatureSchedule:
     def __init__(self, tau_start: float = 1.0, tau_end: float = 1.0) -> None:
         if not (0 < tau_start < math.inf and 0 < tau_end < math.inf):
             raise ConfigError(
-                f"temperature: tau_start={tau_start}, tau_end={tau_end}; both must be positive and finite"
+                f"tau_start={tau_start}, tau_end={tau_end}: both must be positive and finite"
             )
         self.tau_start, self.tau_end = tau_start, tau_end
 
