@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
+from hyperdarts.errors import ConfigError
 from hyperdarts.family import (
     MEMBER_FIELDS,
     EvalSpec,
@@ -55,7 +56,7 @@ class FamilyCallback(L.Callback):
         one_shot: bool = True,
     ) -> None:
         if num_lambdas < 1:
-            raise ValueError(f"num_lambdas={num_lambdas}: need at least 1")
+            raise ConfigError(f"num_lambdas={num_lambdas}: need at least 1")
         self.num_lambdas = num_lambdas
         self.lambda_min = lambda_min
         self.lambda_max = lambda_max
