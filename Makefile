@@ -22,6 +22,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m hyperdarts fit --config configs/digits.yaml
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/search_step.py --configs digits small --orders 1 2
+
 lint: $(STAMP)
 	$(BIN)/ruff check hyperdarts tests benchmarks
 	$(BIN)/ruff format --check hyperdarts tests benchmarks

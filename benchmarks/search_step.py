@@ -1,0 +1,162 @@
+"""Time search steps of hyperdarts: ``python benchmarks/search_step.py --configs digits small``.
+
+For each named configuration and order it reports the median time (after warm-up) of
+- one weight-only forward+backward of the supernet (the unit of irreducible work),
+- one full search step: the architecture step (hypernetwork, complexity term and, for second order,
+  the unrolled step) followed by the weight step with gradient clipping,
+and the ratio of the step to the irreducible work it must do: 2 forward+backward passes for first
+order; for second order with the exact Hessian 4 (train pass with graph, validation pass at w',
+the double backward, the weight step), with the finite difference 5 (train, validation, w+, w-,
+weight step). Peak memory is CUDA's allocator peak on GPU, the process's peak RSS on CPU. Results
+go to stdout as a table and to ``--out`` as JSON. Speed is measured here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from hyperdarts.modules.search import HyperDARTSSearch
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    channels: int
+    image_size: int
+    init_channels: int
+    num_cells: int
+    batch_size: int
+
+
+CONFIGS = {
+    "digits": BenchConfig(1, 8, 8, 3, 64),  # configs/digits.yaml
+    "small": BenchConfig(1, 28, 8, 3, 32),  # the small search the performance issue quotes
+    "cifar": BenchConfig(3, 32, 16, 8, 64),  # configs/cifar.yaml, the paper's search
+}
+PASSES = {(1, "exact"): 2, (2, "exact"): 4, (2, "finite_difference"): 5}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _batch(cfg: BenchConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(cfg.batch_size, cfg.channels, cfg.image_size, cfg.image_size, device=device)
+    return x, torch.randint(0, 10, (cfg.batch_size,), device=device)
+
+
+def bench(name: str, order: int, hessian: str, args: argparse.Namespace) -> dict:
+    cfg, device = CONFIGS[name], torch.device(args.device)
+    torch.manual_seed(0)
+    model = HyperDARTSSearch(
+        num_channels=cfg.channels,
+        image_size=cfg.image_size,
+        num_classes=10,
+        init_channels=cfg.init_channels,
+        num_cells=cfg.num_cells,
+        order=order,
+        hessian=hessian,
+        relaxation=args.relaxation,
+    ).to(device)
+    hp = model.hparams
+    opt_w = torch.optim.SGD(model.net.parameters(), hp.w_lr, hp.w_momentum, weight_decay=3e-4)
+    opt_a = torch.optim.Adam(model.hypernet.parameters(), hp.arch_lr, betas=hp.arch_betas)
+    batch = {"weight": _batch(cfg, device), "arch": _batch(cfg, device)}
+    lam = 0.01
+
+    def weight_pass() -> None:
+        with torch.no_grad():
+            probs = model.probs(lam)
+        x, y = batch["weight"]
+        opt_w.zero_grad()
+        F.cross_entropy(model.net(x, probs), y).backward()
+
+    def search_step() -> None:
+        surrogate, _, _ = model.architecture_objective(batch, lam, opt_w)
+        opt_a.zero_grad()
+        surrogate.backward()
+        opt_a.step()
+        weight_pass()
+        torch.nn.utils.clip_grad_norm_(model.net.parameters(), hp.grad_clip)
+        opt_w.step()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    unit = _median_seconds(weight_pass, args.repeats, args.warmup, device)
+    step = _median_seconds(search_step, args.repeats, args.warmup, device)
+    passes = PASSES[(order, hessian)]
+    return {
+        "config": name,
+        **asdict(cfg),
+        "order": order,
+        "hessian": hessian if order == 2 else None,
+        "relaxation": args.relaxation,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "weight_pass_ms": 1000 * unit,
+        "step_ms": 1000 * step,
+        "irreducible_passes": passes,
+        "ratio_to_irreducible": step / (passes * unit),
+        "peak_memory_mb": _peak_memory_mb(device),
+    }
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["digits", "small"], choices=CONFIGS)
+    parser.add_argument("--orders", nargs="+", type=int, default=[1, 2], choices=[1, 2])
+    parser.add_argument("--hessian", default="exact", choices=["exact", "finite_difference"])
+    parser.add_argument("--relaxation", default="softmax", choices=["softmax", "gumbel"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/search_step.json")
+    args = parser.parse_args()
+
+    rows = [bench(c, o, args.hessian, args) for c in args.configs for o in args.orders]
+    header = (
+        f"{'config':<8}{'order':>6}{'weight pass ms':>16}{'step ms':>10}{'ratio':>8}{'peak MB':>10}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"{r['config']:<8}{r['order']:>6}{r['weight_pass_ms']:>16.1f}{r['step_ms']:>10.1f}"
+            f"{r['ratio_to_irreducible']:>8.2f}{r['peak_memory_mb']:>10.0f}"
+        )
+    meta = {"torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count()}
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "results": rows}, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
