@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from hyperdarts.callbacks import FamilyCallback
 from hyperdarts.errors import ConfigError, HyperDARTSError
 from hyperdarts.family import (
     EvalSpec,
@@ -64,8 +65,8 @@ class HyperDARTSTrainer(L.Trainer):
         num: int = 9,
         out: str | None = None,
         one_shot: bool = True,
-        eval_init_channels: int = 36,
-        eval_num_cells: int = 20,
+        eval_init_channels: int | None = None,
+        eval_num_cells: int | None = None,
     ) -> None:
         """Derive the architecture family (or the largest architecture within --budget) from a trained search checkpoint.
 
@@ -79,20 +80,30 @@ class HyperDARTSTrainer(L.Trainer):
             num: size of the default λ grid.
             out: output directory (default: the checkpoint's run directory).
             one_shot: measure one-shot accuracy (supernet with one-hot mixing weights).
-            eval_init_channels: retraining width at which parameters and FLOPs are counted.
-            eval_num_cells: retraining depth at which parameters and FLOPs are counted.
+            eval_init_channels: retraining width at which parameters and FLOPs are counted
+                (default: the config's FamilyCallback's, else DARTS's 36).
+            eval_num_cells: retraining depth at which parameters and FLOPs are counted
+                (default: the config's FamilyCallback's, else DARTS's 20).
         """  # noqa: E501
         path = load_search_checkpoint(model, ckpt_path)
         limit = None if budget is None else parse_budget(budget)
         grid = family_lambdas(model, lambdas, num) if limit is None else []
         model.to(self.strategy.root_device)
-        spec = EvalSpec.for_module(model, eval_init_channels, eval_num_cells)
+        channels, cells = self._eval_size(eval_init_channels, eval_num_cells)
+        spec = EvalSpec.for_module(model, channels, cells)
         out_dir = Path(out) if out is not None else run_directory(path)
         loader = validation_loader(datamodule) if one_shot else None
         if limit is not None:
             write_budget_member(model, limit, spec, loader, out_dir)
         else:
             write_family(model, grid, spec, loader, out_dir, path)
+
+    def _eval_size(self, channels: int | None, cells: int | None) -> tuple[int, int]:
+        """The retraining size to count at: explicit, else the end-of-search family's, so that
+        ``derive`` and the family written by ``fit`` agree."""
+        family = next((cb for cb in self.callbacks if isinstance(cb, FamilyCallback)), None)
+        default = (family.eval_init_channels, family.eval_num_cells) if family else (36, 20)
+        return channels or default[0], cells or default[1]
 
 
 def write_budget_member(
