@@ -229,3 +229,27 @@ def test_custom_primitives_without_none():
     net = SuperNet(1, 3, 8, 2, 3, 2, primitives=prims).double()
     w = {ct: torch.full((5, 2), 0.5, dtype=torch.float64) for ct in CELL_TYPES}
     assert net(torch.randn(2, 1, 8, 8, dtype=torch.float64), w).shape == (2, 3)
+
+
+def test_evaluation_skips_zero_weight_ops_without_changing_the_output() -> None:
+    """Without autograd, ops with exactly zero weight are skipped; the output must not change."""
+    torch.manual_seed(0)
+    net = SuperNet(1, 10, image_size=8, init_channels=4, num_cells=3, num_nodes=4).double()
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    weights = {}
+    for kind in ("normal", "reduce"):
+        w = torch.zeros(14, len(PRIMITIVES), dtype=torch.float64)
+        w[torch.arange(14), torch.randint(1, len(PRIMITIVES), (14,))] = 1.0
+        w[3] = 0.0  # an edge with no active op at all
+        weights[kind] = w
+    with torch.enable_grad():
+        full = net(x, weights)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    calls: list[int] = []
+    hooks = [m.register_forward_hook(lambda *args: calls.append(1)) for m in convs]
+    with torch.no_grad():
+        skipped = net(x, weights)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(skipped, full, rtol=0, atol=1e-12)
+    assert len(calls) < len(convs) / 2  # most ops were not run

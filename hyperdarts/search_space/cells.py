@@ -36,14 +36,23 @@ class MixedOp(nn.Module):
             build_op(primitives[k], channels, stride, affine=False) for k in self.index
         )
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``weights``: (ops,) shared by the batch, or (batch, ops) for per-example sampling."""
-        out = 0
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor, active: list[bool] | None = None
+    ) -> torch.Tensor | None:
+        """``weights``: (ops,) shared by the batch, or (batch, ops) for per-example sampling.
+
+        ``active`` (evaluation only) marks the ops whose weight is not exactly zero: one-hot
+        weights of a derived architecture then cost one op, not all of them. None when no op is
+        active.
+        """
+        out = None
         for k, op in zip(self.index, self.ops):
+            if active is not None and not active[k]:
+                continue
             w = weights[..., k]
             if w.dim() == 1:
                 w = w.view(-1, 1, 1, 1)
-            out = out + w * op(x)
+            out = w * op(x) if out is None else out + w * op(x)
         return out
 
 
@@ -71,14 +80,25 @@ class SearchCell(nn.Module):
             for src, _ in edge_inputs(num_nodes)
         )
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``weights``: (edges, ops) or (batch, edges, ops) mixing weights for this cell type."""
+    def forward(
+        self,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        weights: torch.Tensor,
+        active: list[list[bool]] | None = None,
+    ) -> torch.Tensor:
+        """``weights``: (edges, ops) or (batch, edges, ops) mixing weights for this cell type;
+        ``active``: per edge, the ops with nonzero weight (see MixedOp), or None for all."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         edge = 0
         for _ in range(self.num_nodes):
-            node = 0
+            first, node = edge, None
             for src in range(len(states)):
-                node = node + self.edges[edge](states[src], weights[..., edge, :])
+                mask = None if active is None else active[edge]
+                out = self.edges[edge](states[src], weights[..., edge, :], mask)
+                node = out if node is None else (node if out is None else node + out)
                 edge += 1
+            if node is None:  # every incoming weight is zero: the node is zero
+                node = self.edges[first](states[0], weights[..., first, :]).mul(0.0)
             states.append(node)
         return torch.cat(states[2:], dim=1)

@@ -79,8 +79,26 @@ class SuperNet(nn.Module):
         self.classifier = nn.Linear(c_p, num_classes)
 
     def forward(self, x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``weights[cell_type]``: (edges, ops), or (batch, edges, ops) with per-example noise."""
+        """``weights[cell_type]``: (edges, ops), or (batch, edges, ops) with per-example noise.
+
+        Without autograd (evaluation), ops whose weight is exactly zero are skipped: a one-hot
+        choice then costs what the discrete architecture costs. With autograd every op runs, since
+        a zero weight still has a gradient.
+        """
+        active = None if torch.is_grad_enabled() else _active_ops(weights)
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, weights["reduce" if cell.reduction else "normal"])
+            kind = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, weights[kind], None if active is None else active[kind])
         return self.classifier(self.pool(s1).flatten(1))
+
+
+def _active_ops(weights: dict[str, torch.Tensor]) -> dict[str, list[list[bool]]]:
+    """Per cell type, edge and op: is any weight nonzero? One host sync per cell type."""
+    out = {}
+    for kind, w in weights.items():
+        nonzero = w != 0
+        if nonzero.dim() == 3:
+            nonzero = nonzero.any(dim=0)
+        out[kind] = nonzero.tolist()
+    return out
