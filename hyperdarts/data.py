@@ -5,19 +5,25 @@ The training split of each dataset is cut once, with a seeded permutation, into 
 the validation set, as in DARTS). The dataset's own test split stays held out for the final report.
 For retraining (``paired=False``) only the weight part trains; the arch part is the validation set
 that picks the best epoch, so the test split is never used for model selection.
+
+Training loaders resume exactly: each epoch's order is a function of (seed, epoch) alone, every
+sample's random augmentation has its own seed, and the loaders are stateful, so a run restarted from
+a mid-epoch checkpoint continues with the batches, crops and flips it would have seen.
 """
 
+import hashlib
+import math
 import os
 import pickle
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import lightning
 import torch
 from lightning.pytorch.utilities import CombinedLoader
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
@@ -51,8 +57,27 @@ class DatasetNotFoundError(HyperDARTSError, RuntimeError):
     """The dataset files are missing or unreadable; the message says where to put which files."""
 
 
+class SeededIndex(NamedTuple):
+    """An index with the seed of its sample's random augmentation (see EpochSampler)."""
+
+    index: int
+    seed: int
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers: distinct inputs give unrelated generators (unlike seed + epoch,
+    where stream 1 at epoch 1 would repeat stream 2 at epoch 0)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class _TransformedView(Dataset):
-    """Applies a transform on read, so one loaded dataset serves augmented and plain views."""
+    """Applies a transform on read, so one loaded dataset serves augmented and plain views.
+
+    A ``SeededIndex`` read draws its augmentation from its own seed, not from the global RNG: the
+    draw is then the same whether the batch was read before or after a restart, prefetched or not,
+    in the main process or in a worker.
+    """
 
     def __init__(self, base: Dataset, transform: Transform) -> None:
         self.base = base
@@ -61,9 +86,87 @@ class _TransformedView(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+    def __getitem__(self, key: int | SeededIndex) -> tuple[torch.Tensor, Any]:
+        if not isinstance(key, SeededIndex):
+            return self._read(key)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key.seed)
+            return self._read(key.index)
+
+    def _read(self, index: int) -> tuple[torch.Tensor, Any]:
         image, label = self.base[index]
         return self.transform(image), label
+
+
+class _SeededSubset(Subset):
+    """A Subset that passes a ``SeededIndex``'s seed through to the view it selects from."""
+
+    def __getitem__(self, key: int | SeededIndex) -> tuple[torch.Tensor, Any]:
+        if isinstance(key, SeededIndex):
+            return self.dataset[SeededIndex(self.indices[key.index], key.seed)]
+        return self.dataset[self.indices[key]]
+
+    def __getitems__(self, keys: list[int | SeededIndex]) -> list[tuple[torch.Tensor, Any]]:
+        return [self[key] for key in keys]
+
+
+class EpochSampler(DistributedSampler):
+    """Shuffles anew every epoch, as a function of (seed, epoch) alone, and can start mid-epoch.
+
+    An order drawn from a generator that advances across epochs cannot be rebuilt after a restart
+    without replaying every earlier epoch; one derived from (seed, epoch) can, and ``resume`` skips
+    what the interrupted run had already consumed. Yields ``SeededIndex``: each sample's
+    augmentation seed is derived from (seed, epoch, index) too. A DistributedSampler that shards by
+    rank itself, so that Lightning keeps it under DDP instead of wrapping it in its own.
+    """
+
+    def __init__(
+        self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0, epoch: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.epoch = epoch
+        self._skip: tuple[int, int] | None = None  # (epoch, samples already consumed)
+
+    def resume(self, epoch: int, samples: int) -> None:
+        """Start ``epoch`` after its first ``samples`` samples (of this rank), once."""
+        self.epoch = epoch
+        self._skip = (epoch, samples)
+
+    def __iter__(self) -> Iterator[SeededIndex]:  # type: ignore[override]
+        skip = self._skip[1] if self._skip is not None and self._skip[0] == self.epoch else 0
+        self._skip = None  # a second pass in the same epoch (a cycled loader) starts at 0
+        for k in self._order()[skip:]:
+            yield SeededIndex(k, mix_seed(self.seed, self.epoch, k))
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()  # type: ignore[arg-type]
+        order = (order * math.ceil(self.total_size / len(order)))[: self.total_size]  # even shards
+        return order[self.rank : self.total_size : self.num_replicas]
+
+
+class ResumableLoader(DataLoader):
+    """A training loader that Lightning saves in checkpoints and restores (it is stateful).
+
+    Its order comes from an EpochSampler, so its state is only where the run stands: the epoch and
+    the number of batches taken, as ``position(sampler)`` reports it. That count cannot be the
+    loader's own: Lightning fetches one batch ahead of the step it runs.
+    """
+
+    def __init__(
+        self, *args: Any, position: Callable[[EpochSampler], tuple[int, int]], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = position
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self.position(self.sampler)  # type: ignore[arg-type]
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # A shorter loader that max_size_cycle restarted within the epoch is that far into its pass.
+        batches = state["batches"] % max(len(self), 1)
+        self.sampler.resume(state["epoch"], batches * self.batch_size)  # type: ignore[attr-defined]
 
 
 class Cutout:
@@ -191,13 +294,11 @@ class ImageDataModule(lightning.LightningDataModule):
         """Paired: weight and arch batches side by side, ``batch = {"weight": (x, y),
         "arch": (x, y)}``. Unpaired: plain ``(x, y)`` batches of the weight part."""
         train_view = self._require_views()[0]
+        weight = self._training_loader(_SeededSubset(train_view, self.weight_indices.tolist()), 1)
         if not self.paired:
-            return self._loader(Subset(train_view, self.weight_indices.tolist()), 1)
-        loaders = {
-            "weight": self._loader(Subset(train_view, self.weight_indices.tolist()), 1),
-            "arch": self._loader(Subset(train_view, self.arch_indices.tolist()), 2),
-        }
-        return CombinedLoader(loaders, mode="max_size_cycle")
+            return weight
+        arch = self._training_loader(_SeededSubset(train_view, self.arch_indices.tolist()), 2)
+        return CombinedLoader({"weight": weight, "arch": arch}, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
         """The arch part, unaugmented: the search's validation signal, as in DARTS."""
@@ -212,20 +313,49 @@ class ImageDataModule(lightning.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders")
         return self._views
 
-    def _loader(self, dataset: Dataset, shuffle_stream: int | None = None) -> DataLoader:
-        """Build a loader; a ``shuffle_stream`` gives it its own seeded, reproducible order."""
-        shuffle = shuffle_stream is not None
-        generator = torch.Generator().manual_seed(self.seed + shuffle_stream) if shuffle else None
-        return DataLoader(
+    def _training_loader(self, dataset: Dataset, stream: int) -> ResumableLoader:
+        """A shuffled loader whose order is its own (stream) and its epoch's alone."""
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = EpochSampler(dataset, self.seed + stream, replicas, rank, self._next_epoch())
+        return ResumableLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > self.batch_size,  # type: ignore[arg-type]
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
+            sampler=sampler,
+            position=self._resume_point,
+            drop_last=len(sampler) > self.batch_size,
+            **self._loader_options(),
         )
+
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        """An evaluation loader, in order."""
+        return DataLoader(dataset, **self._loader_options())
+
+    def _loader_options(self) -> dict[str, Any]:
+        # Its own generator: a loader without one draws its workers' base seed from the global RNG
+        # whenever it starts a pass, which would make the global RNG depend on how often
+        # validation ran, and so differ between a resumed run and an uninterrupted one.
+        return {
+            "batch_size": self.batch_size,
+            "generator": torch.Generator().manual_seed(self.seed),
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": self.pin_memory,
+        }
+
+    def _next_epoch(self) -> int:
+        """The epoch a new training loader starts in (a restart may begin at any epoch)."""
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0
+
+    def _resume_point(self, sampler: EpochSampler) -> tuple[int, int]:
+        """(epoch, batches taken) where a restart from a checkpoint saved now continues."""
+        if self.trainer is None:
+            raise RuntimeError(
+                "a training loader's state is its fit loop's: save it from a Trainer"
+            )
+        taken = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if taken >= self.trainer.num_training_batches:
+            return sampler.epoch + 1, 0
+        return sampler.epoch, taken
 
 
 def _validate(batch_size: int, num_workers: int, arch_fraction: float, cutout: int) -> None:

@@ -342,6 +342,7 @@ def member_to_dict(member: FamilyMember) -> dict[str, Any]:
 
 
 def save_family(members: Sequence[FamilyMember], path: str | Path, meta: dict[str, Any]) -> Path:
+    _check_finite(members, path)
     data = {
         "format": FORMAT,
         "version": VERSION,
@@ -349,6 +350,20 @@ def save_family(members: Sequence[FamilyMember], path: str | Path, meta: dict[st
         "members": [member_to_dict(m) for m in members],
     }
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _check_finite(members: Sequence[FamilyMember], path: str | Path) -> None:
+    """Refuse NaN and infinity: JSON has no such numbers, and load_family would refuse the file."""
+    for i, m in enumerate(members):
+        accuracy = [] if m.one_shot_accuracy is None else [m.one_shot_accuracy]
+        fields = {"lambdas": m.lambdas, "expected_complexity": [m.expected_complexity]}
+        for name, values in {**fields, "one_shot_accuracy": accuracy}.items():
+            if not all(math.isfinite(x) for x in values):
+                raise FamilyError(
+                    f"refusing to write {path}: member #{i} has a non-finite {name} ({values}); "
+                    "the earlier file is kept. The hypernetwork's outputs are not finite: derive "
+                    "from an earlier checkpoint of the search"
+                )
 
 
 def load_family(path: str | Path) -> tuple[list[FamilyMember], dict[str, Any]]:

@@ -49,7 +49,7 @@ from hyperdarts.errors import HyperDARTSError
 from hyperdarts.family import FamilyMember, genotype_string, load_family
 from hyperdarts.io import atomic_write_text
 from hyperdarts.modules.retrain import describe_members
-from hyperdarts.reports import si
+from hyperdarts.reports import save_figure, si
 from hyperdarts.search_space.genotypes import Genotype
 
 FORMAT = "hyperdarts.frontier"
@@ -394,9 +394,7 @@ def plot_frontier(rows: list[FrontierRow], path: Path) -> Path:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v)))
     ax.set_title(f"Retrained family ({len(rows)} architectures, {'/'.join(map(str, seeds))} seeds)")
     ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight", facecolor="white")
-    return path
+    return save_figure(fig, path)
 
 
 def format_frontier_table(rows: list[FrontierRow]) -> str:

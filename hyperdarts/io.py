@@ -9,12 +9,21 @@ from pathlib import Path
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write to a temporary file in the same directory, then rename it over ``path``."""
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write to a temporary file in the same directory, then rename it over ``path``.
+
+    The same directory, not the system's temporary one: a rename across file systems is a copy,
+    which a crash can cut short.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

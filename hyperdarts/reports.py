@@ -6,6 +6,7 @@ state and no GUI backend, so they work headless, in a callback and in tests alik
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from hyperdarts.family import FamilyMember, save_family, save_family_csv
+from hyperdarts.io import atomic_write_bytes
 from hyperdarts.search_space.genotypes import Genotype
 from hyperdarts.search_space.networks import CELL_TYPES
 
@@ -86,7 +88,7 @@ def plot_family(members: Sequence[FamilyMember], path: str | Path) -> Path:
         ax.annotate(f"λ={m.lam:.3g}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_title(f"Architecture family ({len(members)} architectures)")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_family_cells(members: Sequence[FamilyMember], directory: str | Path) -> list[Path]:
@@ -164,7 +166,7 @@ def plot_cell(genotype: Genotype, cell_type: str, path: str | Path) -> Path:
         )
     ax.set_title(f"{cell_type} cell")
     ax.margins(0.12)
-    return _save(fig, path, tight=False)
+    return save_figure(fig, path, tight=False)
 
 
 def layered_layout(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
@@ -242,11 +244,17 @@ def _label(node: str) -> str:
     return f"${node}$" if node.startswith("c_") else node
 
 
-def _save(fig: Figure, path: str | Path, tight: bool = True) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight" if tight else None, facecolor="white")
-    return path
+def save_figure(fig: Figure, path: str | Path, tight: bool = True) -> Path:
+    """Render ``fig`` in memory and write it atomically: an interrupted write keeps the old file."""
+    buffer = io.BytesIO()
+    fig.savefig(
+        buffer,
+        format=Path(path).suffix.lstrip(".") or "png",
+        dpi=DPI,
+        bbox_inches="tight" if tight else None,
+        facecolor="white",
+    )
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def format_family_table(members: Sequence[FamilyMember]) -> str:

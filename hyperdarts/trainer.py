@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from hyperdarts.callbacks import FamilyCallback
-from hyperdarts.errors import ConfigError, HyperDARTSError
+from hyperdarts.checkpoints import CheckpointError, check_compatible, read_checkpoint
+from hyperdarts.errors import ConfigError
 from hyperdarts.family import (
     EvalSpec,
     derive_family,
@@ -26,29 +26,6 @@ from hyperdarts.family import (
 from hyperdarts.modules.search import HyperDARTSSearch
 from hyperdarts.reports import describe_files, format_family_table, write_family_report
 from hyperdarts.search_space.genotypes import save_genotype
-from hyperdarts.search_space.ops import PRIMITIVES
-
-# Settings that define what the hypernetwork's outputs mean; a mismatch with the same tensor shapes
-# (another primitive order, another λ range) would otherwise derive wrong architectures silently.
-SPACE_KEYS = (
-    "num_channels",
-    "image_size",
-    "num_classes",
-    "init_channels",
-    "num_cells",
-    "num_nodes",
-    "stem_multiplier",
-    "primitives",
-    "lambda_min",
-    "lambda_max",
-    "hypernet",
-    "complexity",
-)
-_SHOWN = 5  # differences listed per kind in an error message
-
-
-class CheckpointError(HyperDARTSError, ValueError):
-    """A checkpoint that is missing, unreadable, or from another search space."""
 
 
 class HyperDARTSTrainer(L.Trainer):
@@ -143,71 +120,11 @@ def load_search_checkpoint(model: L.LightningModule, ckpt_path: str | None) -> P
             "runs/digits/<run>/checkpoints/last.ckpt"
         )
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"--ckpt_path {path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling a foreign file can raise anything (IndexError, …)
-        raise CheckpointError(
-            f"--ckpt_path {path}: not a readable checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''})"
-        ) from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict)")
-    check_same_space(model, checkpoint, path)
+    checkpoint = read_checkpoint(path)
+    check_compatible(model, checkpoint, path)
     model.load_state_dict(checkpoint["state_dict"])
     model.on_load_checkpoint(checkpoint)
     return path
-
-
-def check_same_space(model: HyperDARTSSearch, checkpoint: dict[str, Any], path: Path) -> None:
-    """Compare search-space settings and state-dict keys and shapes; name every difference."""
-    problems = _setting_differences(model, checkpoint.get("hyper_parameters") or {})
-    problems += _tensor_differences(model.state_dict(), checkpoint["state_dict"])
-    if problems:
-        raise CheckpointError(
-            f"--ckpt_path {path} comes from a different search space than the configured model:\n"
-            + "\n".join(f"  {p}" for p in problems)
-            + "\nConfigure the model as the search was (its run directory holds the config)."
-        )
-
-
-def _setting_differences(model: HyperDARTSSearch, saved: dict[str, Any]) -> list[str]:
-    current = model.hparams
-    shared = [key for key in SPACE_KEYS if key in saved and key in current]
-    return [
-        f"{key}: checkpoint {saved[key]!r}, model {current[key]!r}"
-        for key in shared
-        if _canonical(key, saved[key]) != _canonical(key, current[key])
-    ]
-
-
-def _canonical(key: str, value: Any) -> Any:
-    if key == "primitives":
-        return tuple(value or PRIMITIVES)
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _tensor_differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
-    missing = sorted(expected.keys() - found.keys())
-    unexpected = sorted(found.keys() - expected.keys())
-    reshaped = [
-        f"{k}: checkpoint {tuple(found[k].shape)}, model {tuple(expected[k].shape)}"
-        for k in sorted(expected.keys() & found.keys())
-        if found[k].shape != expected[k].shape
-    ]
-    return (
-        _listed("missing from the checkpoint", missing)
-        + _listed("not in the model", unexpected)
-        + _listed("shape differs", reshaped)
-    )
-
-
-def _listed(what: str, items: list[str]) -> list[str]:
-    if not items:
-        return []
-    more = [f"  ... and {len(items) - _SHOWN} more"] if len(items) > _SHOWN else []
-    return [f"{what} ({len(items)}):", *(f"  {item}" for item in items[:_SHOWN]), *more]
 
 
 def run_directory(ckpt: Path) -> Path:

@@ -21,5 +21,6 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     monkeypatch.delenv("HYPERDARTS_RUN_DIR", raising=False)
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for launcher_variable in ("LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS"):
+        monkeypatch.delenv(launcher_variable, raising=False)
     monkeypatch.chdir(tmp_path)

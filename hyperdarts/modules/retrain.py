@@ -4,7 +4,8 @@ The architecture comes from one string, so a config, the command line and the fr
 name it the same way: a genotype JSON file, a member of a search's family (``family.json#<index>``
 or ``family.json@<λ>``), or a published cell (``DARTS_V2``). The recipe is DARTS's: SGD with a
 cosine schedule, an auxiliary head after 2/3 of the cells, drop path rising linearly over the
-epochs; validation on a held-out part of the training split picks the checkpoint to test.
+epochs; validation on a held-out part of the training split picks the checkpoint to test. A step
+whose loss or gradient is not finite is skipped (hyperdarts.nonfinite).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from hyperdarts.checkpoints import global_rng_states, restore_global_rng
 from hyperdarts.complexity import count_flops
 from hyperdarts.errors import ConfigError
 from hyperdarts.family import FORMAT as FAMILY_FORMAT
 from hyperdarts.family import EvalSpec, FamilyMember, genotype_string, load_family
+from hyperdarts.nonfinite import StepGuard, buffer_snapshot, is_finite_step, restore_buffers
 from hyperdarts.search_space.evaluation import EvalNetwork, count_eval_parameters
 from hyperdarts.search_space.genotypes import Genotype, load_genotype
 from hyperdarts.search_space.published import PUBLISHED, published_genotype
@@ -139,6 +142,8 @@ class RetrainModule(L.LightningModule):
         drop_path_max: drop path probability reached at the last epoch, from 0 at the first.
         lr, lr_min, momentum, weight_decay: SGD, cosine from ``lr`` to ``lr_min`` over max_epochs.
             Gradient clipping is the Trainer's (``gradient_clip_val``).
+        max_consecutive_skips: stop after this many optimizer steps in a row were skipped for a
+            non-finite loss or gradient.
     """
 
     def __init__(
@@ -156,6 +161,7 @@ class RetrainModule(L.LightningModule):
         lr_min: float = 0.0,
         momentum: float = 0.9,
         weight_decay: float = 3e-4,
+        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -184,6 +190,9 @@ class RetrainModule(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self._costs: dict[str, int] | None = None
         self._costs_logged = False
+        self.guard = StepGuard(max_consecutive_skips)
+        self._step_loss: torch.Tensor | None = None
+        self._step_buffers: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits, and the auxiliary logits in training (``None`` in eval mode)."""
@@ -203,6 +212,7 @@ class RetrainModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
+        self._step_buffers = buffer_snapshot(self.net)
         logits, aux_logits = self(x)
         loss = F.cross_entropy(logits, y)
         if aux_logits is not None:
@@ -210,7 +220,25 @@ class RetrainModule(L.LightningModule):
         self.train_acc(logits, y)
         metrics = {"train/loss": loss, "train/acc": self.train_acc}
         self.log_dict(metrics, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        self._step_loss = loss.detach()
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip a step whose loss or gradient is not finite: without gradients the optimizer
+        changes nothing (no momentum, no weight decay); the forward's BatchNorm updates are
+        undone. Lightning then clips and steps as usual."""
+        assert self._step_loss is not None, "on_before_optimizer_step runs after training_step"
+        params = list(self.parameters())
+        finite = self.trainer.strategy.reduce_boolean_decision(
+            is_finite_step(self._step_loss, params)
+        )
+        if not finite:
+            restore_buffers(self.net, self._step_buffers)
+            for p in params:
+                p.grad = None
+        last = getattr(self.trainer.checkpoint_callback, "last_model_path", None)
+        self.guard.record(finite, f"step at global step {self.global_step}", last)
+        self.log("train/skipped_steps", float(self.guard.total), on_step=True, on_epoch=False)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_acc)
@@ -237,12 +265,20 @@ class RetrainModule(L.LightningModule):
             logger.log_metrics(dict(self.costs()), step=0)
         self._costs_logged = True
 
+    def on_train_start(self) -> None:
+        """A run resumed mid-epoch starts without on_train_epoch_start: set drop path here too."""
+        self._set_drop_path()
+
     def on_train_epoch_start(self) -> None:
+        prob = self._set_drop_path()
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log_dict({"train/drop_path_prob": prob, "train/lr": lr}, on_step=False, on_epoch=True)
+
+    def _set_drop_path(self) -> float:
         epochs = self.trainer.max_epochs or 1
         prob = drop_path_schedule(self.current_epoch, epochs, self.hparams.drop_path_max)
         self.net.drop_path_prob = prob
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log_dict({"train/drop_path_prob": prob, "train/lr": lr}, on_step=False, on_epoch=True)
+        return prob
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -254,10 +290,24 @@ class RetrainModule(L.LightningModule):
         return [optimizer], [schedule]  # the schedule steps once per epoch
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the architecture itself: the source may later name another (a rewritten family)."""
-        checkpoint["hyperdarts"] = {"genotype": self.genotype.to_dict()}
+        """Keep the architecture itself (the source may later name another: a rewritten family),
+        the global generators drop path draws from, and the skipped-step counters."""
+        checkpoint["hyperdarts"] = {
+            "genotype": self.genotype.to_dict(),
+            "rng": global_rng_states(),
+            "skips": self.guard.state_dict(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint(checkpoint)
+        state = checkpoint.get("hyperdarts", {})
+        if "rng" in state:
+            restore_global_rng(state["rng"])
+        if "skips" in state:
+            self.guard.load_state_dict(state["skips"])
+
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on another architecture than the one configured now."""
         saved = checkpoint.get("hyperdarts", {}).get("genotype")
         if saved is not None and Genotype.from_dict(saved, "checkpoint") != self.genotype:
             raise GenotypeSourceError(

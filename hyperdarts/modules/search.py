@@ -2,7 +2,8 @@
 
 Each training step samples one λ, takes an architecture step on an architecture batch (updating the
 hypernetwork θ on L_val + λ·C), then a weight step on a weight batch (updating the supernet's
-weights w on L_train). Optimization is manual: two optimizers, alternating, as in DARTS.
+weights w on L_train). Optimization is manual: two optimizers, alternating, as in DARTS. A step
+whose loss or gradient is not finite is skipped (hyperdarts.nonfinite).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from hyperdarts.bilevel import HessianKind, VirtualStep, first_order, second_order
 from hyperdarts.complexity import ComplexityMetric, ExpectedComplexity, cost_tables
+from hyperdarts.distributed import average_gradients, broadcast_parameters, exclude_from_ddp
 from hyperdarts.errors import ConfigError
 from hyperdarts.hypernetworks import HypernetKind, build_hypernetwork
+from hyperdarts.nonfinite import StepGuard, buffer_snapshot, is_finite_step, restore_buffers
 from hyperdarts.relaxation import (
     LambdaSampler,
     RelaxationKind,
@@ -53,6 +56,8 @@ class HyperDARTSSearch(L.LightningModule):
         arch_*: Adam for the hypernetwork.
         val_lambdas: number of log-spaced λ at which validation measures accuracy and complexity.
         seed: seeds λ sampling and Gumbel noise (their generator is saved in checkpoints).
+        max_consecutive_skips: stop the search after this many optimizer steps in a row were
+            skipped for a non-finite loss or gradient (each batch makes two steps).
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class HyperDARTSSearch(L.LightningModule):
         arch_weight_decay: float = 1e-3,
         val_lambdas: int = 5,
         seed: int = 0,
+        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,10 +118,15 @@ class HyperDARTSSearch(L.LightningModule):
         self.tau = tau_start
         self.complexity = ExpectedComplexity(cost_tables(self.net, image_size, complexity))
         self.rng = torch.Generator().manual_seed(seed)
+        self.guard = StepGuard(max_consecutive_skips)
         self.val_grid = self.sampler.grid(val_lambdas)
         self.val_acc = torch.nn.ModuleList(
             MulticlassAccuracy(num_classes, average="micro") for _ in self.val_grid
         )
+        # Under DDP only w goes through DDP's reducer: θ's gradient is averaged explicitly in
+        # _architecture_step, so plain `ddp` works (hyperdarts/distributed.py); the cost tables
+        # are constants, with nothing to broadcast.
+        exclude_from_ddp(self, "hypernet", "complexity")
 
     # --- the relaxed architecture as a function of λ ---------------------------------------------
 
@@ -184,14 +195,20 @@ class HyperDARTSSearch(L.LightningModule):
             on_epoch=True,
             batch_size=batch["weight"][0].shape[0],
         )
+        self.log("train/skipped_steps", float(self.guard.total), on_step=True, on_epoch=False)
 
     def _architecture_step(
         self, opt_a: Any, opt_w: torch.optim.Optimizer, batch: dict[str, Batch], lam: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        buffers = buffer_snapshot(self.net)
         surrogate, val_loss, penalty = self.architecture_objective(batch, lam, opt_w)
         opt_a.zero_grad()
         self.manual_backward(surrogate)
-        opt_a.step()
+        # θ is outside DDP's reducer: its gradient is this rank's; average it over the ranks.
+        average_gradients(self.hypernet.parameters(), self.trainer.strategy)
+        loss = surrogate.detach() + val_loss.detach()
+        if self._may_step(loss, list(self.hypernet.parameters()), buffers, "architecture", lam):
+            opt_a.step()
         return val_loss, penalty
 
     def architecture_objective(
@@ -254,13 +271,39 @@ class HyperDARTSSearch(L.LightningModule):
         x, y = batch
         with torch.no_grad():
             probs = relax(self.alpha(lam), self.tau, self._noise(x.shape[0]))
+        buffers = buffer_snapshot(self.net)
         logits = self.net(x, probs)
         loss = F.cross_entropy(logits, y)
         opt_w.zero_grad()
         self.manual_backward(loss)
-        self.clip_gradients(opt_w, self.hparams.grad_clip, "norm")
-        opt_w.step()
+        if self._may_step(loss, list(self.net.parameters()), buffers, "weight", lam):
+            self.clip_gradients(opt_w, self.hparams.grad_clip, "norm")
+            opt_w.step()
         return loss.detach(), (logits.argmax(1) == y).float().mean()
+
+    def _may_step(
+        self,
+        loss: torch.Tensor,
+        params: list[torch.Tensor],
+        buffers: list[torch.Tensor],
+        step: str,
+        lam: float,
+    ) -> bool:
+        """Whether the step's loss and gradients are finite (on every rank). If not, undo what its
+        forward passes changed (BatchNorm statistics), drop its gradients, and count it."""
+        finite = self.trainer.strategy.reduce_boolean_decision(is_finite_step(loss, params))
+        if not finite:
+            restore_buffers(self.net, buffers)
+            for p in params:
+                p.grad = None
+            self.log("train/skipped_lambda", lam, on_step=True, on_epoch=False)
+        last = getattr(self.trainer.checkpoint_callback, "last_model_path", None)
+        where = f"{step} step at λ={lam:.4g} (global step {self.global_step})"
+        self.guard.record(finite, where, last)
+        return finite
+
+    def on_fit_start(self) -> None:
+        broadcast_parameters(self.hypernet.parameters(), self.trainer.strategy)
 
     def on_train_epoch_start(self) -> None:
         epochs = self.trainer.max_epochs or 1
@@ -311,13 +354,21 @@ class HyperDARTSSearch(L.LightningModule):
         return [opt_w, opt_a], [schedule]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["hyperdarts"] = {"rng_state": self.rng.get_state(), "tau": self.tau}
+        """What the run depends on besides weights, optimizers and schedulers (Lightning's): the
+        generator of λ and Gumbel noise, the temperature, the skipped-step counters."""
+        checkpoint["hyperdarts"] = {
+            "rng_state": self.rng.get_state(),
+            "tau": self.tau,
+            "skips": self.guard.state_dict(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("hyperdarts")
         if state:
             self.rng.set_state(state["rng_state"])
             self.tau = state["tau"]
+            if "skips" in state:
+                self.guard.load_state_dict(state["skips"])
 
 
 def _mean_entropy(probs: dict[str, torch.Tensor]) -> torch.Tensor:

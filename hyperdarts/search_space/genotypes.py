@@ -88,9 +88,9 @@ class Genotype:
         try:
             return cls(
                 normal=[_edge(e, f"{source}: normal") for e in data["normal"]],
-                normal_concat=list(data["normal_concat"]),
+                normal_concat=_nodes(data["normal_concat"], f"{source}: normal_concat"),
                 reduce=[_edge(e, f"{source}: reduce") for e in data["reduce"]],
-                reduce_concat=list(data["reduce_concat"]),
+                reduce_concat=_nodes(data["reduce_concat"], f"{source}: reduce_concat"),
             )
         except GenotypeError as err:
             raise GenotypeError(
@@ -107,6 +107,14 @@ def _edge(entry: Any, where: str) -> tuple[str, int]:
     if not isinstance(op, str) or isinstance(node, bool) or not isinstance(node, int):
         raise GenotypeError(f"{where}: each edge must be [op_name, input_node], got {entry!r}")
     return op, node
+
+
+def _nodes(entry: Any, where: str) -> list[int]:
+    if not isinstance(entry, list) or any(
+        isinstance(n, bool) or not isinstance(n, int) for n in entry
+    ):
+        raise GenotypeError(f"{where}: expected a list of node indices, got {entry!r:.80}")
+    return entry
 
 
 def validate(genotype: Genotype) -> None:
@@ -217,6 +225,6 @@ def load_genotype(path: str | Path) -> Genotype:
         raise GenotypeError(f"genotype file {path} does not exist")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise GenotypeError(f"{path}: not valid JSON ({err})") from None
     return Genotype.from_dict(data, source=str(path))
