@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export JSONARGPARSE_DEPRECATION_WARNINGS := off
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo demo-frontier lint bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,12 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m hyperdarts fit --config configs/digits.yaml
+
+# Second stage of the demo: retrain every member of the newest digits family and plot the frontier.
+demo-frontier: $(STAMP)
+	@family=$$(ls -td runs/digits/*/family.json 2>/dev/null | head -n 1); \
+	if [ -z "$$family" ]; then echo "no runs/digits/*/family.json: run 'make demo' first"; exit 2; fi; \
+	$(BIN)/python -m hyperdarts frontier --family "$$family" --config configs/digits_retrain.yaml --seeds 0
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/search_step.py --configs digits small --orders 1 2
