@@ -25,16 +25,6 @@ CELL_TYPES = ("normal", "reduce")
 LAMBDA_MIN, LAMBDA_MAX = 1e-3, 1.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: intra-op threading only adds synchronisation cost (and is very slow when the
-    # machine is shared).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --- helpers ---------------------------------------------------------------------------------
 
 

@@ -25,15 +25,6 @@ from hyperdarts.modules.search import HyperDARTSSearch
 from hyperdarts.search_space.genotypes import Genotype
 from hyperdarts.search_space.ops import PRIMITIVES, build_op
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 EDGES = [(0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
 NORMAL_C = [2, 4, 8]
 REDUCE_C = [4, 8]

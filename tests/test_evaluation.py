@@ -39,15 +39,6 @@ EXACT_PARAMS = {
 AUX_PARAMS_C36 = 3_910_224 - 3_433_798
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of 2 gain nothing from intra-op threads, and on a busy machine they spin for long."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_net(**kwargs) -> EvalNetwork:
     args = dict(num_channels=3, num_classes=10, image_size=8, init_channels=4, num_cells=3)
     return EvalNetwork(SMALL, **{**args, **kwargs})

@@ -11,14 +11,6 @@ EDGES, OPS = 5, 8
 KINDS = ["constant", "linear", "piecewise", "mlp"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def randomized(kind: str, dtype=torch.float64, **kwargs):
     torch.manual_seed(0)
     net = build_hypernetwork(kind, EDGES, OPS, **kwargs).to(dtype)

@@ -12,14 +12,6 @@ from hyperdarts.relaxation import LambdaSampler, TemperatureSchedule, relax, sam
 EULER_GAMMA = 0.5772156649015329
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --- λ ----------------------------------------------------------------------------------------
 
 

@@ -16,14 +16,6 @@ from hyperdarts.search_space.ops import PRIMITIVES
 CELL_TYPES = ("normal", "reduce")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def random_weights(edges: int, batch: int | None = None, seed: int = 0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     shape = (edges, len(PRIMITIVES)) if batch is None else (batch, edges, len(PRIMITIVES))
