@@ -179,7 +179,8 @@ class HyperDARTSSearch(L.LightningModule):
         lam = self.sampler.sample(self.rng)
         arch_loss, penalty = self._architecture_step(opt_a, opt_w.optimizer, batch, lam)
         weight_loss, acc = self._weight_step(opt_w, batch["weight"], lam)
-        alpha = self.alpha(lam)
+        with torch.no_grad():
+            entropy = _mean_entropy(self.probs(lam))
         self.log_dict(
             {
                 "train/weight_loss": weight_loss,
@@ -188,7 +189,7 @@ class HyperDARTSSearch(L.LightningModule):
                 "train/complexity": penalty,
                 "train/lambda": lam,
                 "train/tau": self.tau,
-                "train/alpha_entropy": _mean_entropy(relax(alpha, self.tau)),
+                "train/alpha_entropy": entropy,
             },
             prog_bar=False,
             on_step=True,
