@@ -37,7 +37,7 @@ import torch
 
 from hyperdarts.complexity import count_flops
 from hyperdarts.errors import HyperDARTSError
-from hyperdarts.io import atomic_write_text
+from hyperdarts.io import atomic_write_text, read_json
 from hyperdarts.search_space.evaluation import EvalNetwork, count_eval_parameters
 from hyperdarts.search_space.genotypes import Genotype, GenotypeError, one_hot
 from hyperdarts.search_space.networks import CELL_TYPES
@@ -386,12 +386,7 @@ def load_family(path: str | Path) -> tuple[list[FamilyMember], dict[str, Any]]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FamilyError(f"family file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FamilyError(f"{path}: not valid JSON ({err})") from None
+    data = read_json(path, FamilyError, "family file")
     if not isinstance(data, dict):
         raise FamilyError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hyperdarts.search_space.ops import FactorizedReduce, ReLUConvBN, build_op
+from hyperdarts.search_space.ops import build_op, preprocess
 
 
 def num_edges(num_nodes: int) -> int:
@@ -70,11 +70,9 @@ class SearchCell(nn.Module):
         super().__init__()
         self.reduction = reduction
         self.num_nodes = num_nodes
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=False)
-        else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=False)
+        self.preprocess0, self.preprocess1 = preprocess(
+            c_prev_prev, c_prev, channels, reduction_prev, affine=False
+        )
         self.edges = nn.ModuleList(
             MixedOp(channels, 2 if reduction and src < 2 else 1, primitives)
             for src, _ in edge_inputs(num_nodes)

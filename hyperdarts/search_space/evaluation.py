@@ -14,7 +14,7 @@ from torch import nn
 
 from hyperdarts.search_space.genotypes import Genotype
 from hyperdarts.search_space.networks import reduction_layers, validate_space
-from hyperdarts.search_space.ops import FactorizedReduce, ReLUConvBN, build_op
+from hyperdarts.search_space.ops import build_op, preprocess
 
 CIFAR_AUX_SIZE = 8
 
@@ -41,11 +41,9 @@ class EvalCell(nn.Module):
         super().__init__()
         cell_type = "reduce" if reduction else "normal"
         self.reduction = reduction
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=True)
-        else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=True)
-        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=True)
+        self.preprocess0, self.preprocess1 = preprocess(
+            c_prev_prev, c_prev, channels, reduction_prev, affine=True
+        )
         edges = genotype.cell(cell_type)
         self.inputs = [src for _, src in edges]
         self.ops = nn.ModuleList(

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from hyperdarts.errors import HyperDARTSError
-from hyperdarts.io import atomic_write_text
+from hyperdarts.io import atomic_write_text, read_json
 from hyperdarts.search_space.cells import edge_inputs
 from hyperdarts.search_space.ops import OPS
 
@@ -221,10 +221,5 @@ def save_genotype(genotype: Genotype, path: str | Path) -> Path:
 
 def load_genotype(path: str | Path) -> Genotype:
     path = Path(path)
-    if not path.is_file():
-        raise GenotypeError(f"genotype file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise GenotypeError(f"{path}: not valid JSON ({err})") from None
+    data = read_json(path, GenotypeError, "genotype file")
     return Genotype.from_dict(data, source=str(path))

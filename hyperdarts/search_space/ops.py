@@ -105,6 +105,18 @@ class Zero(nn.Module):
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
+def preprocess(
+    c_prev_prev: int, c_prev: int, channels: int, reduction_prev: bool, affine: bool
+) -> tuple[nn.Module, nn.Module]:
+    """A cell's two input adapters: both previous outputs to ``channels`` at this cell's input
+    size (the older one is halved when the previous cell was a reduction)."""
+    if reduction_prev:
+        first: nn.Module = FactorizedReduce(c_prev_prev, channels, affine)
+    else:
+        first = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine)
+    return first, ReLUConvBN(c_prev, channels, 1, 1, 0, affine)
+
+
 OpBuilder = Callable[[int, int, bool], nn.Module]
 
 OPS: dict[str, OpBuilder] = {
