@@ -79,9 +79,9 @@ def _truncated_mnist(tmp: Path) -> str:
 # id: (arguments after the subcommand, or a function of (tmp dir, search checkpoint) returning
 # them; the text the one-line error must contain)
 CASES: dict[str, tuple[Callable[[Path, Path], list[str]], list[str]]] = {
-    "lambda_min >= lambda_max": (
-        lambda tmp, ckpt: ["fit", *SEARCH, "--model.init_args.lambda_max", "0.001"],
-        ["lambda_max=0.001 must be greater than lambda_min=0.001"],
+    "lambda_min > lambda_max": (
+        lambda tmp, ckpt: ["fit", *SEARCH, "--model.init_args.lambda_max", "0.0001"],
+        ["lambda_max=0.0001 must be greater than lambda_min=0.001"],
     ),
     "unknown op name": (
         lambda tmp, ckpt: [

@@ -129,6 +129,15 @@ def take_real_sgd_step(module, lr, momentum, wd, lam, batch):
     return opt
 
 
+def alpha_loss(module):
+    """The module's own relaxation (noise-free) and loss, as a function of (w, α, batch)."""
+
+    def loss(params, alpha, batch):
+        return module._loss(params, module.relaxation.mean(alpha, module.tau), batch)
+
+    return loss
+
+
 def hypernet_grads(module):
     return [p.grad.detach().clone() for p in module.hypernet.parameters()]
 
@@ -165,7 +174,7 @@ def test_second_order_exact_matches_autograd_through_unrolled_step():
     ref = dict(zip(alpha, torch.autograd.grad(val_loss, list(alpha.values()))))
 
     got, got_loss = second_order(
-        partial(module._loss, noise=None),
+        alpha_loss(module),
         params,
         alpha,
         train,
@@ -293,11 +302,15 @@ def test_fresh_gumbel_noise_per_pass_does_not_match():
     ref = dict(zip(alpha, torch.autograd.grad(val_loss, list(alpha.values()))))
 
     step = VirtualStep(lr)
-    same, _ = second_order(partial(module._loss, noise=shared), params, alpha, train, val, step)
+
+    def shared_loss(p, a, b):
+        return module._loss(p, module.relaxation.sample(a, tau, shared), b)
+
+    same, _ = second_order(shared_loss, params, alpha, train, val, step)
     assert rel_err(same, ref) < 1e-8
 
     def fresh(p, a, b):
-        return module._loss(p, a, b, module._noise(b[0].shape[0]))
+        return module._loss(p, module.relaxation.sample(a, tau, module._noise(b[0].shape[0])), b)
 
     wrong, _ = second_order(fresh, params, alpha, train, val, step)
     assert rel_err(wrong, ref) > 0.1
@@ -422,7 +435,7 @@ def test_first_order_matches_autograd():
     val = make_batch(5, 41)
     loss = ref_loss(module.net, params, alpha, val, module.tau)
     ref = dict(zip(alpha, torch.autograd.grad(loss, list(alpha.values()))))
-    got, got_loss = first_order(partial(module._loss, noise=None), params, alpha, val)
+    got, got_loss = first_order(alpha_loss(module), params, alpha, val)
     assert rel_err(got, ref) < 1e-12
     assert float(got_loss) == pytest.approx(loss.item(), rel=1e-12)
     assert float(flat(ref).norm()) > 0
@@ -478,3 +491,91 @@ def test_architecture_objective_leaves_weights_alone(order, hessian):
     for k, p in module.net.named_parameters():
         assert torch.equal(grads[k], p.grad), k
         assert torch.equal(buffers[k], opt.state[p]["momentum_buffer"]), k
+
+
+# --- Fair DARTS and DrNAS relaxations through the module -------------------------------------
+
+
+def sigmoid_probs(alpha, tau):
+    return {ct: 1 / (1 + torch.exp(-alpha[ct] / tau)) for ct in CELL_TYPES}
+
+
+def zero_one_loss(alpha, weight):
+    sig = torch.cat([(1 / (1 + torch.exp(-alpha[ct]))).reshape(-1) for ct in CELL_TYPES])
+    return -weight * ((sig - 0.5) ** 2).sum() / sig.numel()
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_fair_darts_theta_grads_match_reference(order):
+    """θ-gradient of L_val(w'(m), m) + λ·C(m) + zero-one loss, m = σ(G_θ(λ)/τ), by autograd."""
+    lr, tau, lam, w01 = 0.3, 0.9, 0.05, 10.0
+    module = make_module(order=order, relaxation="sigmoid", tau_start=tau, zero_one_weight=w01)
+    batch = {"weight": make_batch(6, 81), "arch": make_batch(5, 82)}
+    opt = take_real_sgd_step(module, lr, 0.0, 0.0, lam, batch["weight"])
+    got, _, got_penalty = surrogate_theta_grads(module, batch, lam, opt)
+
+    theta = list(module.hypernet.parameters())
+    alpha = module.hypernet(hand_t(lam))
+
+    def loss(params, a, b):
+        return F.cross_entropy(
+            functional_call(module.net, params, (b[0], sigmoid_probs(a, tau))), b[1]
+        )
+
+    params = net_params(module)
+    if order == 1:
+        val_loss = loss(params, alpha, batch["arch"])
+    else:
+        val_loss, _ = unrolled_val_loss(
+            loss, params, alpha, batch["weight"], batch["arch"], lr, 0.0, 0.0, {}
+        )
+    penalty = module.complexity(sigmoid_probs(alpha, tau))
+    total = val_loss + lam * penalty
+    without = torch.autograd.grad(total, theta, retain_graph=True)
+    ref = torch.autograd.grad(total + zero_one_loss(alpha, w01), theta)
+    assert rel_err(got, ref) < 1e-8
+    assert float(got_penalty) == pytest.approx(penalty.item(), rel=1e-12)
+    # The zero-one loss is a sizeable part of the gradient: without it the result differs.
+    assert rel_err(got, without) > 1e-3
+
+
+def test_drnas_theta_grads_match_reference():
+    """First order with one Dirichlet sample m(β(θ)) shared by the step, plus the KL term."""
+    lam, kl_weight, prior = 0.05, 0.1, 2.0
+    module = make_module(
+        relaxation="dirichlet", dirichlet_kl_weight=kl_weight, dirichlet_prior=prior
+    )
+    batch = {"weight": make_batch(6, 91), "arch": make_batch(5, 92)}
+    noise = module._noise(6)
+    got, _, _ = surrogate_theta_grads(module, batch, lam, None, noise=noise)
+
+    theta = list(module.hypernet.parameters())
+    alpha = module.hypernet(hand_t(lam))
+    sample, kl, mean = {}, 0.0, {}
+    for ct in CELL_TYPES:
+        beta = F.elu(alpha[ct]) + 1
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(int(noise[ct]))
+            sample[ct] = torch.distributions.Dirichlet(beta).rsample()
+        mean[ct] = beta / beta.sum(-1, keepdim=True)
+        # KL(Dir(β) ‖ Dir(prior)) written out (lgamma/digamma), per edge.
+        b0 = beta.sum(-1)
+        p = torch.full_like(beta, prior)
+        kl = (
+            kl
+            + (
+                torch.lgamma(b0)
+                - torch.lgamma(beta).sum(-1)
+                - torch.lgamma(p.sum(-1))
+                + torch.lgamma(p).sum(-1)
+                + ((beta - p) * (torch.digamma(beta) - torch.digamma(b0)[..., None])).sum(-1)
+            ).sum()
+        )
+    x, y = batch["arch"]
+    val_loss = F.cross_entropy(functional_call(module.net, net_params(module), (x, sample)), y)
+    total = val_loss + lam * module.complexity(mean) + kl_weight * kl
+    ref = torch.autograd.grad(total, theta)
+    assert rel_err(got, ref) < 1e-8
+    # Another sample gives another gradient.
+    other, _, _ = surrogate_theta_grads(module, batch, lam, None, noise=module._noise(6))
+    assert rel_err(other, ref) > 1e-3

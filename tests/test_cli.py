@@ -76,6 +76,36 @@ def test_fit_fast_dev_run(tmp_path: Path, hypernet: str, order: int, relaxation:
     assert Path(cli.trainer.default_root_dir).parent == tmp_path / "runs"
 
 
+@pytest.mark.parametrize(
+    ("baseline", "hypernet", "relaxation", "fixed"),
+    [
+        ("darts", "ConstantHypernetwork", "SoftmaxRelaxation", 0.0),
+        ("darts_fixed_lambda", "ConstantHypernetwork", "SoftmaxRelaxation", 0.1),
+        ("fair_darts", "PiecewiseLinearHypernetwork", "SigmoidRelaxation", None),
+        ("drnas", "PiecewiseLinearHypernetwork", "DirichletRelaxation", None),
+    ],
+)
+def test_baseline_configs_fit(
+    tmp_path: Path, baseline: str, hypernet: str, relaxation: str, fixed: float | None
+) -> None:
+    """Each baseline is a config added to a search config; it runs through fit."""
+    cli = fit(
+        tmp_path / "runs",
+        "--config",
+        str(CONFIGS / "baselines" / f"{baseline}.yaml"),
+        "--trainer.fast_dev_run",
+        "1",
+    )
+    model = cli.model
+    assert cli.trainer.global_step == 2  # an architecture step and a weight step
+    assert model.hparams.init_channels == 4  # earlier arguments survive the second config
+    assert type(model.hypernet).__name__ == hypernet
+    assert type(model.relaxation).__name__ == relaxation
+    assert model.sampler.fixed == (fixed is not None)
+    if fixed is not None:
+        assert model.sampler.sample(model.rng) == fixed
+
+
 def test_runs_get_their_own_directories_and_resume(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from hyperdarts.relaxation import LambdaSampler, TemperatureSchedule, relax, sample_gumbel
+from hyperdarts.relaxation import (
+    LambdaSampler,
+    TemperatureSchedule,
+    build_relaxation,
+    relax,
+    sample_gumbel,
+)
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -84,7 +90,7 @@ def test_grid_of_one_and_invalid_grid():
         (0.0, 1.0, "lambda_min"),
         (-1e-3, 1.0, "lambda_min"),
         (float("nan"), 1.0, "lambda_min"),
-        (1.0, 1.0, "lambda_max"),
+        (float("nan"), float("nan"), "lambda_min"),
         (2.0, 1.0, "lambda_max"),
     ],
 )
@@ -169,3 +175,96 @@ def test_gumbel_distribution():
     winners = (alpha + sample_gumbel((n, 4), g)).argmax(-1)
     freq = torch.bincount(winners, minlength=4).double() / n
     assert torch.allclose(freq, torch.softmax(alpha, -1), atol=0.01)
+
+
+# --- fixed λ ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0.0, 0.1])
+def test_fixed_lambda(value):
+    sampler = LambdaSampler(value, value)
+    g, ref = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert [sampler.sample(g) for _ in range(3)] == [value] * 3
+    # the generator advances as for a range, so the other draws of a run do not shift
+    for _ in range(3):
+        torch.rand((), generator=ref, dtype=torch.float64)
+    assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=ref))
+    assert sampler.normalize(value) == 0.0
+    assert sampler.grid(9) == [value]
+
+
+def test_fixed_lambda_must_be_non_negative():
+    with pytest.raises(ValueError, match="lambda_min = lambda_max = -1"):
+        LambdaSampler(-1.0, -1.0)
+
+
+# --- Fair DARTS (sigmoid) and DrNAS (Dirichlet) -----------------------------------------------
+
+
+def alphas(seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        ct: scale * torch.randn(5, 8, generator=g, dtype=torch.float64)
+        for ct in ("normal", "reduce")
+    }
+
+
+def test_sigmoid_relaxation_and_zero_one_loss():
+    relax_ = build_relaxation("sigmoid", zero_one_weight=10.0)
+    alpha = alphas()
+    weights = relax_.mean(alpha, 0.5)
+    for ct, a in alpha.items():
+        assert torch.allclose(weights[ct], 1 / (1 + torch.exp(-a / 0.5)), rtol=1e-12, atol=0)
+    assert relax_.sample(alpha, 0.5, None) is not None
+    # Hand value at α = 0 (σ = 0.5 everywhere): the loss is 0 and at its maximum.
+    zero = {ct: torch.zeros(5, 8, dtype=torch.float64) for ct in alpha}
+    assert float(relax_.regularizer(zero)) == 0.0
+    a = {ct: torch.full((5, 8), math.log(3.0), dtype=torch.float64) for ct in alpha}  # σ = 0.75
+    assert float(relax_.regularizer(a)) == pytest.approx(-10.0 * 0.0625, rel=1e-12)
+    # Descent pushes each weight away from 0.5: the gradient has the sign opposite to α.
+    a = {ct: v.clone().requires_grad_(True) for ct, v in alpha.items()}
+    relax_.regularizer(a).backward()
+    for ct in alpha:
+        assert (torch.sign(a[ct].grad) == -torch.sign(alpha[ct])).all()
+    assert build_relaxation("sigmoid", zero_one_weight=0.0).regularizer(alpha) is None
+
+
+def test_dirichlet_relaxation_mean_samples_and_kl():
+    relax_ = build_relaxation("dirichlet", dirichlet_kl_weight=1.0, dirichlet_prior=1.0)
+    alpha = alphas(1, scale=0.8)
+    mean = relax_.mean(alpha, 1.0)
+    g = torch.Generator().manual_seed(0)
+    noise = relax_.draw_noise((5, 8), 4, g)
+    one = relax_.sample(alpha, 1.0, noise)
+    assert all(torch.equal(one[ct], relax_.sample(alpha, 1.0, noise)[ct]) for ct in alpha)
+    other = relax_.sample(alpha, 1.0, relax_.draw_noise((5, 8), 4, g))
+    assert not torch.equal(one["normal"], other["normal"])
+    draws = []
+    for _ in range(3000):
+        s = relax_.sample(alpha, 1.0, relax_.draw_noise((5, 8), 4, g))
+        assert torch.allclose(s["normal"].sum(-1), torch.ones(5, dtype=torch.float64))
+        assert (s["normal"] > 0).all()
+        draws.append(s["normal"])
+    emp = torch.stack(draws).mean(0)
+    for ct, a in alpha.items():
+        beta = torch.where(a > 0, a + 1, torch.exp(a))  # elu(α) + 1
+        assert torch.allclose(mean[ct], beta / beta.sum(-1, keepdim=True), rtol=1e-12, atol=0)
+    assert torch.allclose(emp, mean["normal"], atol=0.02)
+    # α = 0 gives β = 1 = the prior: KL 0; elsewhere KL > 0.
+    zero = {ct: torch.zeros(5, 8, dtype=torch.float64) for ct in alpha}
+    assert float(relax_.regularizer(zero)) == pytest.approx(0.0, abs=1e-12)
+    assert float(relax_.regularizer(alpha)) > 0.01
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(kind="sparsemax"), "relaxation='sparsemax'"),
+        (dict(kind="sigmoid", zero_one_weight=-1.0), "zero_one_weight"),
+        (dict(kind="dirichlet", dirichlet_kl_weight=float("nan")), "dirichlet_kl_weight"),
+        (dict(kind="dirichlet", dirichlet_prior=0.0), "dirichlet_prior"),
+    ],
+)
+def test_bad_relaxation_settings_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field.replace("(", r"\(")):
+        build_relaxation(**kwargs)

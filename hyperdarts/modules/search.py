@@ -9,7 +9,6 @@ whose loss or gradient is not finite is skipped (hyperdarts.nonfinite).
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Any, Literal
 
 import lightning as L
@@ -26,14 +25,15 @@ from hyperdarts.hypernetworks import HypernetKind, build_hypernetwork
 from hyperdarts.nonfinite import StepGuard, buffer_snapshot, is_finite_step, restore_buffers
 from hyperdarts.relaxation import (
     LambdaSampler,
+    Noise,
     RelaxationKind,
     TemperatureSchedule,
-    relax,
-    sample_gumbel,
+    Weights,
+    build_relaxation,
 )
 from hyperdarts.search_space.cells import num_edges
 from hyperdarts.search_space.genotypes import Genotype, derive_genotype, one_hot
-from hyperdarts.search_space.networks import CELL_TYPES, SuperNet
+from hyperdarts.search_space.networks import SuperNet
 from hyperdarts.search_space.ops import PRIMITIVES
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -45,10 +45,14 @@ class HyperDARTSSearch(L.LightningModule):
     Args:
         num_channels, image_size, num_classes: linked from the data module by the CLI.
         init_channels, num_cells, num_nodes, stem_multiplier, primitives: the search space.
-        lambda_min, lambda_max: range of the complexity weight λ, sampled log-uniformly.
-        hypernet: constant (plain DARTS), linear, piecewise (num_knots), or mlp (mlp_hidden).
-        relaxation: softmax, or gumbel (noise per example if gumbel_per_example); temperature
-            decays exponentially from tau_start to tau_end over the epochs.
+        lambda_min, lambda_max: range of the complexity weight λ, sampled log-uniformly;
+            lambda_min = lambda_max fixes λ (a fixed-penalty search; 0: no penalty).
+        hypernet: constant (α independent of λ: DARTS), linear, piecewise (num_knots), or mlp
+            (mlp_hidden).
+        relaxation: softmax (DARTS); gumbel (noise per example if gumbel_per_example); sigmoid
+            (Fair DARTS, zero-one loss weighted by zero_one_weight); dirichlet (DrNAS, KL to a
+            Dirichlet(dirichlet_prior) weighted by dirichlet_kl_weight). The temperature decays
+            exponentially from tau_start to tau_end over the epochs (dirichlet ignores it).
         complexity: params or flops of the relaxed supernet, normalized to [0, 1].
         order: 1 (first order) or 2 (unrolled); hessian: exact (double backward) or
             finite_difference (DARTS's, with ε = fd_epsilon / ‖v‖).
@@ -79,6 +83,9 @@ class HyperDARTSSearch(L.LightningModule):
         tau_start: float = 1.0,
         tau_end: float = 1.0,
         gumbel_per_example: bool = True,
+        zero_one_weight: float = 10.0,
+        dirichlet_kl_weight: float = 1e-3,
+        dirichlet_prior: float = 1.0,
         complexity: ComplexityMetric = "params",
         order: Literal[1, 2] = 1,
         hessian: HessianKind = "exact",
@@ -114,6 +121,9 @@ class HyperDARTSSearch(L.LightningModule):
             hypernet, num_edges(num_nodes), len(self.primitives), num_knots, mlp_hidden
         )
         self.sampler = LambdaSampler(lambda_min, lambda_max)
+        self.relaxation = build_relaxation(
+            relaxation, gumbel_per_example, zero_one_weight, dirichlet_kl_weight, dirichlet_prior
+        )
         self.temperature = TemperatureSchedule(tau_start, tau_end)
         self.tau = tau_start
         self.complexity = ExpectedComplexity(cost_tables(self.net, image_size, complexity))
@@ -135,7 +145,7 @@ class HyperDARTSSearch(L.LightningModule):
 
     def probs(self, lam: float) -> dict[str, torch.Tensor]:
         """Noise-free mixing weights at λ: what validation, derivation and the penalty use."""
-        return relax(self.alpha(lam), self.tau)
+        return self.relaxation.mean(self.alpha(lam), self.tau)
 
     @torch.no_grad()
     def genotype(self, lam: float) -> Genotype:
@@ -153,26 +163,18 @@ class HyperDARTSSearch(L.LightningModule):
 
     # --- training ---------------------------------------------------------------------------------
 
-    def _noise(self, batch_size: int) -> dict[str, torch.Tensor] | None:
-        if self.hparams.relaxation != "gumbel":
-            return None
-        shape = self.hypernet.shape[1:]
-        if self.hparams.gumbel_per_example:
-            shape = (batch_size, *shape)
-        return {ct: sample_gumbel(shape, self.rng).to(self.device) for ct in CELL_TYPES}
+    def _noise(self, batch_size: int) -> Noise | None:
+        """The relaxation's noise for one step (None for deterministic relaxations)."""
+        noise = self.relaxation.draw_noise(self.hypernet.shape[1:], batch_size, self.rng)
+        return None if noise is None else {k: v.to(self.device) for k, v in noise.items()}
 
     def _loss(
-        self,
-        params: dict[str, torch.Tensor],
-        alpha: dict[str, torch.Tensor],
-        batch: Batch,
-        noise: dict[str, torch.Tensor] | None,
+        self, params: dict[str, torch.Tensor], weights: Weights, batch: Batch
     ) -> torch.Tensor:
+        """L(w, mixing weights) on a batch; per-example weights are cut to the batch's size."""
         x, y = batch
-        if noise is not None and self.hparams.gumbel_per_example:
-            noise = {k: v[: x.shape[0]] for k, v in noise.items()}
-        logits = functional_call(self.net, params, (x, relax(alpha, self.tau, noise)))
-        return F.cross_entropy(logits, y)
+        weights = {k: v[: x.shape[0]] if v.dim() == 3 else v for k, v in weights.items()}
+        return F.cross_entropy(functional_call(self.net, params, (x, weights)), y)
 
     def training_step(self, batch: dict[str, Batch], batch_idx: int) -> None:
         opt_w, opt_a = self.optimizers()
@@ -217,30 +219,31 @@ class HyperDARTSSearch(L.LightningModule):
         batch: dict[str, Batch],
         lam: float,
         weight_optimizer: torch.optim.Optimizer | None = None,
-        noise: dict[str, torch.Tensor] | None = None,
+        noise: Noise | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A scalar whose gradient w.r.t. θ is the architecture gradient (of the configured order)
-        of L_val + λ·C, together with the validation loss and the penalty C.
+        of L_val + λ·C (+ the relaxation's regularizer), with the validation loss and the penalty C.
 
-        The gradient w.r.t. α is computed on detached α (with functional calls), then sent through
-        α = G_θ(λ) as a vector-Jacobian product: backward of Σ α·g_α + λ·C(α). ``weight_optimizer``
-        supplies ξ, momentum and weight decay of the virtual step (defaults: the configured
-        values, no momentum buffer). ``noise``: the Gumbel sample shared by every pass of this
-        step (drawn here if not given).
+        The mixing weights m = relax(G_θ(λ), noise) are computed once; the gradient w.r.t. m is
+        computed on detached m (functional calls), then sent through m(θ) as a vector-Jacobian
+        product: backward of Σ m·g_m + λ·C + R. Every pass of the step sees the same m, so the
+        noise is shared by construction. ``weight_optimizer`` supplies ξ, momentum and weight decay
+        of the virtual step (defaults: the configured values, no momentum buffer). ``noise``: the
+        relaxation's noise for this step (drawn here if not given).
         """
         if noise is None:
             noise = self._noise(max(batch["weight"][0].shape[0], batch["arch"][0].shape[0]))
-        loss_fn = partial(self._loss, noise=noise)
-        params = dict(self.net.named_parameters())
         alpha = self.alpha(lam)
+        mix = self.relaxation.sample(alpha, self.tau, noise)
+        params = dict(self.net.named_parameters())
         if self.hparams.order == 1:
-            grads, val_loss = first_order(loss_fn, params, alpha, batch["arch"])
+            grads, val_loss = first_order(self._loss, params, mix, batch["arch"])
         else:
             step, buffers = self._virtual_step(weight_optimizer, params)
             grads, val_loss = second_order(
-                loss_fn,
+                self._loss,
                 params,
-                alpha,
+                mix,
                 batch["weight"],
                 batch["arch"],
                 step,
@@ -248,8 +251,11 @@ class HyperDARTSSearch(L.LightningModule):
                 self.hparams.hessian,
                 self.hparams.fd_epsilon,
             )
-        penalty = self.complexity(relax(alpha, self.tau))
-        surrogate = sum((alpha[k] * grads[k].detach()).sum() for k in alpha) + lam * penalty
+        penalty = self.complexity(self.relaxation.mean(alpha, self.tau))
+        surrogate = sum((mix[k] * grads[k].detach()).sum() for k in mix) + lam * penalty
+        regularizer = self.relaxation.regularizer(alpha)
+        if regularizer is not None:
+            surrogate = surrogate + regularizer
         return surrogate, val_loss, penalty.detach()
 
     def _virtual_step(
@@ -271,7 +277,7 @@ class HyperDARTSSearch(L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         with torch.no_grad():
-            probs = relax(self.alpha(lam), self.tau, self._noise(x.shape[0]))
+            probs = self.relaxation.sample(self.alpha(lam), self.tau, self._noise(x.shape[0]))
         buffers = buffer_snapshot(self.net)
         logits = self.net(x, probs)
         loss = F.cross_entropy(logits, y)
@@ -373,7 +379,9 @@ class HyperDARTSSearch(L.LightningModule):
 
 
 def _mean_entropy(probs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean entropy of the edges' weights, normalized per edge (sigmoid weights need not sum to 1)."""
     p = torch.cat([v.reshape(-1, v.shape[-1]) for v in probs.values()])
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
     return -(p * p.clamp_min(1e-12).log()).sum(-1).mean().detach()
 
 
