@@ -1,6 +1,7 @@
 """``python -m hyperdarts``. DDP relaunches this module on every rank: keep it side-effect free.
 
-``frontier`` has its own command line (it runs many fits); everything else is the LightningCLI.
+``frontier`` and ``compare`` have their own command lines (they run many fits); everything else is
+the LightningCLI.
 """
 
 import sys
@@ -11,6 +12,10 @@ def run() -> None:
         from hyperdarts.frontier import main as frontier
 
         frontier(sys.argv[2:])
+    elif sys.argv[1:2] == ["compare"]:
+        from hyperdarts.compare import main as compare
+
+        compare(sys.argv[2:])
     else:
         from hyperdarts.cli import main
 

@@ -399,8 +399,8 @@ def _member_from_dict(entry: Any, where: str) -> FamilyMember:
     if missing:
         raise FamilyError(f"{where}: missing field(s) {missing}")
     lambdas = entry["lambdas"]
-    if not isinstance(lambdas, list) or not lambdas or not all(_is_positive(x) for x in lambdas):
-        raise FamilyError(f"{where}.lambdas: expected a non-empty list of λ > 0, got {lambdas!r}")
+    if not isinstance(lambdas, list) or not lambdas or not all(_is_lambda(x) for x in lambdas):
+        raise FamilyError(f"{where}.lambdas: expected a non-empty list of λ >= 0, got {lambdas!r}")
     if not _is_number(entry["lambda"]) or not math.isclose(entry["lambda"], min(lambdas)):
         raise FamilyError(
             f"{where}.lambda: {entry['lambda']!r} must be the smallest of lambdas ({min(lambdas)})"
@@ -428,8 +428,8 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _is_positive(x: Any) -> bool:
-    return _is_number(x) and x > 0
+def _is_lambda(x: Any) -> bool:
+    return _is_number(x) and x >= 0  # 0: a search without complexity penalty (plain DARTS)
 
 
 def _count(entry: dict[str, Any], key: str, where: str) -> int:

@@ -181,7 +181,7 @@ def run_frontier(
     if not seeds:
         raise FrontierError("--seeds: give at least one seed")
     out = Path(out).resolve() if out is not None else family.parent / f"frontier-{config.stem}"
-    wandb_args = _check_recipe(_resolved_config(config, overrides), config)
+    wandb_args = _check_recipe(resolved_config(config, overrides), config)
     todo = [(i, s) for s in seeds for i in indices if not result_path(out, i, s).is_file()]
     _say(f"hyperdarts: frontier of {family}: {len(todo)} runs to do, out {out.resolve()}")
     header = _header(family, config, overrides, meta)
@@ -256,7 +256,7 @@ def retrain(
     )
 
 
-def _resolved_config(config: Path, overrides: Sequence[str]) -> dict[str, Any]:
+def resolved_config(config: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """The run config as the CLI resolves it (``--print_config``): bad settings fail here, before
     any training, and the checks below see what the runs will see."""
     if not config.is_file():
