@@ -379,7 +379,7 @@ class HyperDARTSSearch(L.LightningModule):
 
 
 def _mean_entropy(probs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean entropy of the edges' weights, normalized per edge (sigmoid weights need not sum to 1)."""
+    """Mean entropy of the edge weights, each edge normalized (sigmoid weights may not sum to 1)."""
     p = torch.cat([v.reshape(-1, v.shape[-1]) for v in probs.values()])
     p = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
     return -(p * p.clamp_min(1e-12).log()).sum(-1).mean().detach()
