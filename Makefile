@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export JSONARGPARSE_DEPRECATION_WARNINGS := off
 
-.PHONY: install test demo demo-frontier lint bench clean
+.PHONY: install test demo demo-frontier compare lint bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ demo-frontier: $(STAMP)
 	@family=$$(ls -td runs/digits/*/family.json 2>/dev/null | head -n 1); \
 	if [ -z "$$family" ]; then echo "no runs/digits/*/family.json: run 'make demo' first"; exit 2; fi; \
 	$(BIN)/python -m hyperdarts frontier --family "$$family" --config configs/digits_retrain.yaml --seeds 0
+
+# hyperdarts against fixed-λ DARTS and parameter-matched random architectures on digits, every
+# architecture retrained over 3 seeds (about 35-45 minutes on 2 cores; a rerun reuses what finished).
+compare: $(STAMP)
+	$(BIN)/python -m hyperdarts compare --config configs/compare_digits.yaml
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/search_step.py --configs digits small --orders 1 2
