@@ -62,6 +62,9 @@ class HyperDARTSSearch(L.LightningModule):
         seed: seeds λ sampling and Gumbel noise (their generator is saved in checkpoints).
         max_consecutive_skips: stop the search after this many optimizer steps in a row were
             skipped for a non-finite loss or gradient (each batch makes two steps).
+        share_source_ops, group_ops: the supernet's fast path (same results, less work): work
+            that depends only on an edge's source node done once per source; identical conv ops
+            of the edges leaving one node run as one wider op. Off: the plain per-edge loop.
     """
 
     def __init__(
@@ -101,6 +104,8 @@ class HyperDARTSSearch(L.LightningModule):
         val_lambdas: int = 5,
         seed: int = 0,
         max_consecutive_skips: int = 10,
+        share_source_ops: bool = True,
+        group_ops: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -115,6 +120,8 @@ class HyperDARTSSearch(L.LightningModule):
             num_nodes,
             stem_multiplier,
             tuple(primitives or PRIMITIVES),
+            share_source_ops=share_source_ops,
+            group_ops=group_ops,
         )
         self.primitives = self.net.primitives
         self.hypernet = build_hypernetwork(

@@ -52,7 +52,12 @@ class SuperNet(nn.Module):
         num_nodes: int = 4,
         stem_multiplier: int = 3,
         primitives: tuple[str, ...] | list[str] = PRIMITIVES,
+        share_source_ops: bool = True,
+        group_ops: bool = True,
     ) -> None:
+        """``share_source_ops`` and ``group_ops`` select the cells' fast paths (see SearchCell):
+        they change the cost only, not the outputs, gradients or state dict, and exist so the
+        speed-up can be measured and the plain per-edge loop restored."""
         super().__init__()
         validate_space(num_cells, num_nodes, init_channels, stem_multiplier, image_size)
         self.primitives = validate_primitives(primitives)
@@ -71,7 +76,17 @@ class SuperNet(nn.Module):
             if reduction:
                 c *= 2
             self.cells.append(
-                SearchCell(num_nodes, c_pp, c_p, c, reduction, reduction_prev, self.primitives)
+                SearchCell(
+                    num_nodes,
+                    c_pp,
+                    c_p,
+                    c,
+                    reduction,
+                    reduction_prev,
+                    self.primitives,
+                    share_source_ops=share_source_ops,
+                    group_ops=group_ops,
+                )
             )
             reduction_prev = reduction
             c_pp, c_p = c_p, num_nodes * c

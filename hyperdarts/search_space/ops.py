@@ -7,7 +7,7 @@ the architecture weights alone scale each op; the evaluation network uses affine
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,11 @@ class DilConv(nn.Sequential):
             nn.BatchNorm2d(c_out, affine=affine, track_running_stats=affine),
         )
 
+    def forward_after_relu(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """The op given ``relu(x)``: the supernet computes the ReLU once per source node and
+        shares it between all edges (and ops) that read that node."""
+        return self[3](self[2](self[1](x_relu)))
+
 
 class SepConv(nn.Sequential):
     """Two stacked depthwise-separable convs, as DARTS defines ``sep_conv``."""
@@ -71,6 +76,10 @@ class SepConv(nn.Sequential):
             DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
             DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
         )
+
+    def forward_after_relu(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """The op given ``relu(x)`` (see ``DilConv.forward_after_relu``)."""
+        return self[1](self[0].forward_after_relu(x_relu))
 
 
 class FactorizedReduce(nn.Module):
@@ -88,10 +97,18 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine, track_running_stats=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
-        # Shift by one pixel; the zero pad keeps odd sizes aligned with conv_1's output.
-        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        return self.forward_after_relu(self.relu(x))
+
+    def forward_after_relu(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """The op given ``relu(x)`` (see ``DilConv.forward_after_relu``)."""
+        shifted = shift_one_pixel(x_relu)
+        return self.bn(torch.cat([self.conv_1(x_relu), self.conv_2(shifted)], dim=1))
+
+
+def shift_one_pixel(x: torch.Tensor) -> torch.Tensor:
+    """Shift by one pixel up and left; the zero pad keeps odd sizes aligned with a stride-2
+    1x1 conv of the unshifted input (FactorizedReduce's second branch)."""
+    return F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
 
 
 class Zero(nn.Module):
@@ -157,3 +174,84 @@ def validate_primitives(primitives: list[str] | tuple[str, ...]) -> tuple[str, .
     if not [p for p in primitives if p != "none"]:
         raise ConfigError("primitives: needs at least one operation other than 'none'")
     return tuple(primitives)
+
+
+# --- grouped evaluation of identical ops that read the same input ---------------------------
+#
+# In a search cell the edges leaving one source node all hold the same candidate ops with
+# different parameters. At the small sizes of a search the cost of an op is mostly per-call
+# overhead, so evaluating k identical ops as one op k times as wide (parameters concatenated at
+# forward time, so the state dict is unchanged) is cheaper than k calls. Convolutions and BN act
+# per channel (or per group), so the result equals the k separate ops up to float rounding.
+
+
+def _batch_norm_batch_stats(bns: Sequence[nn.BatchNorm2d], y: torch.Tensor) -> torch.Tensor:
+    """BN with batch statistics over the channels of ``len(bns)`` ops concatenated along dim 1.
+
+    Batch statistics are per channel, so one call equals the separate BNs."""
+    first = bns[0]
+    weight = torch.cat([b.weight for b in bns]) if first.affine else None
+    bias = torch.cat([b.bias for b in bns]) if first.affine else None
+    return F.batch_norm(y, None, None, weight, bias, True, 0.0, first.eps)
+
+
+def _grouped_dil_conv(ops: Sequence[DilConv], x: torch.Tensor) -> torch.Tensor:
+    """DilConv without its ReLU for ``k`` ops; ``x`` holds each op's input, op-major on dim 1."""
+    k, dw, pw = len(ops), ops[0][1], ops[0][2]
+    y = F.conv2d(
+        x,
+        torch.cat([op[1].weight for op in ops]),
+        None,
+        dw.stride,
+        dw.padding,
+        dw.dilation,
+        dw.groups * k,
+    )
+    y = F.conv2d(y, torch.cat([op[2].weight for op in ops]), None, 1, 0, 1, pw.groups * k)
+    return _batch_norm_batch_stats([op[3] for op in ops], y)
+
+
+def can_group(ops: Sequence[nn.Module]) -> bool:
+    """Whether ``grouped_forward_after_relu`` handles these ops: two or more of one grouped kind,
+    same configuration, BN with batch statistics only (the search setting)."""
+    if len(ops) < 2 or type(ops[0]) not in (DilConv, SepConv, FactorizedReduce):
+        return False
+    if any(type(op) is not type(ops[0]) for op in ops):
+        return False
+    bns = [m for op in ops for m in op.modules() if isinstance(m, nn.BatchNorm2d)]
+    convs = [[m for m in op.modules() if isinstance(m, nn.Conv2d)] for op in ops]
+    same = all(
+        [(c.weight.shape, c.stride, c.padding, c.dilation, c.groups) for c in cs]
+        == [(c.weight.shape, c.stride, c.padding, c.dilation, c.groups) for c in convs[0]]
+        for cs in convs
+    )
+    return same and all(
+        b.running_mean is None and b.eps == bns[0].eps and b.affine == bns[0].affine for b in bns
+    )
+
+
+def grouped_forward_after_relu(
+    ops: Sequence[nn.Module], x_relu: torch.Tensor
+) -> list[torch.Tensor]:
+    """``[op.forward_after_relu(x_relu) for op in ops]`` as one wide op (check ``can_group``)."""
+    k = len(ops)
+    if isinstance(ops[0], FactorizedReduce):
+        # The input is shared, so the 1x1 convs just get more output channels.
+        y1 = F.conv2d(x_relu, torch.cat([op.conv_1.weight for op in ops]), None, 2)
+        y2 = F.conv2d(shift_one_pixel(x_relu), torch.cat([op.conv_2.weight for op in ops]), None, 2)
+        half = y1.shape[1] // k
+        parts = [
+            t
+            for i in range(k)
+            for t in (y1[:, i * half : (i + 1) * half], y2[:, i * half : (i + 1) * half])
+        ]
+        z = _batch_norm_batch_stats([op.bn for op in ops], torch.cat(parts, dim=1))
+        return list(z.chunk(k, dim=1))
+    # Depthwise convs read one copy of the input per op (op-major), pointwise convs use groups=k.
+    x = x_relu.repeat(1, k, 1, 1)
+    if isinstance(ops[0], SepConv):
+        y = _grouped_dil_conv([op[0] for op in ops], x)
+        y = _grouped_dil_conv([op[1] for op in ops], F.relu(y))
+    else:
+        y = _grouped_dil_conv(ops, x)
+    return list(y.chunk(k, dim=1))
