@@ -34,7 +34,10 @@ compare: $(STAMP)
 	$(BIN)/python -m hyperdarts compare --config configs/compare_digits.yaml
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/search_step.py --configs digits small --orders 1 2
+	$(BIN)/python benchmarks/search_step.py --configs digits small --orders 1 2 --mode eager \
+	  --out benchmarks/search_step-eager.json
+	$(BIN)/python benchmarks/search_step.py --configs digits small --orders 1 2 --mode fast \
+	  --out benchmarks/search_step-fast.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check hyperdarts tests benchmarks

@@ -114,6 +114,9 @@ def _mixed_hvp_finite_difference(
     with torch.no_grad():
         plus = {k: w + eps * v[k] for k, w in weights.items()}
         minus = {k: w - eps * v[k] for k, w in weights.items()}
-    g_plus = _grad(loss_fn(plus, alpha, train_batch), alpha)
-    g_minus = _grad(loss_fn(minus, alpha, train_batch), alpha)
+    # A difference of two nearly equal gradients over 2ε: in bf16 (autocast) it would be mostly
+    # rounding error, so these two passes always run in the weights' own precision.
+    with torch.autocast(next(iter(weights.values())).device.type, enabled=False):
+        g_plus = _grad(loss_fn(plus, alpha, train_batch), alpha)
+        g_minus = _grad(loss_fn(minus, alpha, train_batch), alpha)
     return {k: (g_plus[k] - g_minus[k]) / (2 * eps) for k in alpha}

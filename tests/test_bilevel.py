@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from hyperdarts.bilevel import VirtualStep, first_order, second_order
+from hyperdarts.bilevel import (
+    VirtualStep,
+    _mixed_hvp_finite_difference,
+    first_order,
+    second_order,
+)
 from hyperdarts.modules.search import HyperDARTSSearch
 
 CELL_TYPES = ("normal", "reduce")
@@ -579,3 +584,25 @@ def test_drnas_theta_grads_match_reference():
     # Another sample gives another gradient.
     other, _, _ = surrogate_theta_grads(module, batch, lam, None, noise=module._noise(6))
     assert rel_err(other, ref) > 1e-3
+
+
+def test_finite_difference_passes_run_in_full_precision_under_autocast():
+    """Under bf16 autocast the w± passes still run in float32: the difference quotient of two
+    nearly equal gradients would otherwise be mostly rounding error."""
+    params, alpha, train, _, buffers = toy_setup()
+    params = {k: v.float() for k, v in params.items()}
+    alpha = {k: v.float().requires_grad_(True) for k, v in alpha.items()}
+    train = tuple(t.float() for t in train)
+    v = {k: b.float() for k, b in buffers.items()}
+    ref = _mixed_hvp_finite_difference(toy_loss, params, alpha, train, v, 0.01)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _mixed_hvp_finite_difference(toy_loss, params, alpha, train, v, 0.01)
+        # What the same difference gives when its passes are left to autocast: visibly off.
+        eps = 0.01 / float(torch.sqrt(sum((t**2).sum() for t in v.values())))
+        plus = {k: w + eps * v[k] for k, w in params.items()}
+        minus = {k: w - eps * v[k] for k, w in params.items()}
+        g_plus = torch.autograd.grad(toy_loss(plus, alpha, train), list(alpha.values()))
+        g_minus = torch.autograd.grad(toy_loss(minus, alpha, train), list(alpha.values()))
+    low = {k: (gp - gm) / (2 * eps) for k, gp, gm in zip(alpha, g_plus, g_minus)}
+    assert rel_err(got, ref) < 1e-6
+    assert rel_err(low, ref) > 1e-2

@@ -237,3 +237,22 @@ def test_search_steps_match_plain_path() -> None:
         assert float(p.norm()) > 1e-6
         torch.testing.assert_close(f, p, rtol=1e-8, atol=1e-10)
     assert fast_genotypes == plain_genotypes
+
+
+def test_channels_last_matches_default_layout() -> None:
+    """NHWC storage changes the layout, not the values: same logits and gradients, same keys."""
+    x = torch.randn(3, 1, 14, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 3, 4])
+    default = make_net(FAST["grouped"], 14)
+    nhwc = make_net({**FAST["grouped"], "channels_last": True}, 14)
+    assert nhwc.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert list(nhwc.state_dict()) == list(default.state_dict())
+    weights = mixing_weights(14, None)
+    ref_logits, ref_loss, ref_params, ref_mix = run(default, x, y, weights)
+    logits, loss, params, mix = run(nhwc, x, y, weights)
+    torch.testing.assert_close(logits, ref_logits, **TOL)
+    torch.testing.assert_close(loss, ref_loss, **TOL)
+    for name in ref_params:
+        torch.testing.assert_close(params[name], ref_params[name], **TOL)
+    for ct in ref_mix:
+        torch.testing.assert_close(mix[ct], ref_mix[ct], **TOL)

@@ -65,6 +65,9 @@ class HyperDARTSSearch(L.LightningModule):
         share_source_ops, group_ops: the supernet's fast path (same results, less work): work
             that depends only on an edge's source node done once per source; identical conv ops
             of the edges leaving one node run as one wider op. Off: the plain per-edge loop.
+        channels_last: NHWC memory layout for the supernet (faster convolutions on GPUs). For
+            bf16 autocast set the Trainer's ``precision: bf16-mixed``; the finite-difference
+            Hessian then still runs in full precision.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class HyperDARTSSearch(L.LightningModule):
         max_consecutive_skips: int = 10,
         share_source_ops: bool = True,
         group_ops: bool = True,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -122,6 +126,7 @@ class HyperDARTSSearch(L.LightningModule):
             tuple(primitives or PRIMITIVES),
             share_source_ops=share_source_ops,
             group_ops=group_ops,
+            channels_last=channels_last,
         )
         self.primitives = self.net.primitives
         self.hypernet = build_hypernetwork(

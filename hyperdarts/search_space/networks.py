@@ -54,10 +54,13 @@ class SuperNet(nn.Module):
         primitives: tuple[str, ...] | list[str] = PRIMITIVES,
         share_source_ops: bool = True,
         group_ops: bool = True,
+        channels_last: bool = False,
     ) -> None:
         """``share_source_ops`` and ``group_ops`` select the cells' fast paths (see SearchCell):
         they change the cost only, not the outputs, gradients or state dict, and exist so the
-        speed-up can be measured and the plain per-edge loop restored."""
+        speed-up can be measured and the plain per-edge loop restored. ``channels_last`` stores
+        conv weights and activations NHWC, the layout GPU convolution kernels (cuDNN, tensor
+        cores) are fastest in; values and state dict keys are unchanged."""
         super().__init__()
         validate_space(num_cells, num_nodes, init_channels, stem_multiplier, image_size)
         self.primitives = validate_primitives(primitives)
@@ -92,6 +95,9 @@ class SuperNet(nn.Module):
             c_pp, c_p = c_p, num_nodes * c
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, num_classes)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
         """``weights[cell_type]``: (edges, ops), or (batch, edges, ops) with per-example noise.
@@ -101,6 +107,8 @@ class SuperNet(nn.Module):
         a zero weight still has a gradient.
         """
         active = None if torch.is_grad_enabled() else _active_ops(weights)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             kind = "reduce" if cell.reduction else "normal"
