@@ -130,3 +130,14 @@ def test_bad_comparison_config_is_one_clear_line(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "cmp").exists()  # nothing was run
+
+
+@pytest.mark.parametrize("name", ["compare_digits.yaml", "compare_cifar.yaml"])
+def test_shipped_comparison_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped configs parse, name known methods and existing files (from the repo root)."""
+    monkeypatch.chdir(CONFIGS.parent)
+    args = compare.build_parser().parse_args(["--config", str(CONFIGS / name)])
+    cfg = compare.CompareConfig(**{k: args[k] for k in compare.CompareConfig.__dataclass_fields__})
+    compare._check(cfg)
+    assert len(cfg.seeds) >= 3 and len(cfg.lambdas) >= 2
+    assert {"hyperdarts", "darts_fixed_lambda", "random"} <= set(cfg.methods)
