@@ -9,6 +9,10 @@ that picks the best epoch, so the test split is never used for model selection.
 Training loaders resume exactly: each epoch's order is a function of (seed, epoch) alone, every
 sample's random augmentation has its own seed, and the loaders are stateful, so a run restarted from
 a mid-epoch checkpoint continues with the batches, crops and flips it would have seen.
+
+With ``device_resident=True`` the training images live in one normalized tensor that moves to the
+training device once; the training loaders then carry only (index, seed) pairs, and the images are
+gathered and augmented batched, on that device, in ``on_after_batch_transfer``.
 """
 
 import hashlib
@@ -110,6 +114,101 @@ class _SeededSubset(Subset):
         return [self[key] for key in keys]
 
 
+class _ResidentKeys(NamedTuple):
+    """What a device-resident training read yields: the image's index in the training split and
+    its augmentation seed. Collated, both are int64 tensors (seeds are 63-bit)."""
+
+    index: Any
+    seed: Any
+
+
+class _IndexView(Dataset):
+    """The training split of a device-resident data module: reads return indices, not images."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: SeededIndex) -> _ResidentKeys:
+        if not isinstance(key, SeededIndex):
+            raise TypeError(f"a device-resident training read needs a SeededIndex, got {key!r}")
+        return _ResidentKeys(key.index, key.seed)
+
+
+# Disjoint bit fields of a sample's 63-bit seed, (shift, width), for the on-device augmentation.
+_CROP_X = (0, 12)
+_CROP_Y = (12, 12)
+_FLIP = (24, 1)
+_CUTOUT_Y = (25, 16)
+_CUTOUT_X = (41, 16)
+
+
+def seed_field(seeds: torch.Tensor, field: tuple[int, int]) -> torch.Tensor:
+    """The bits ``field`` = (shift, width) of int64 ``seeds``, as non-negative int64."""
+    shift, width = field
+    return (seeds >> shift) & ((1 << width) - 1)
+
+
+def augment_on_device(
+    images: torch.Tensor,
+    seeds: torch.Tensor,
+    padding: int = 0,
+    pad_value: torch.Tensor | None = None,
+    flip: bool = False,
+    cutout: int = 0,
+) -> torch.Tensor:
+    """Augment a batch of normalized images (B, C, H, W) where they are, one draw per seed.
+
+    Pad-and-crop (offsets 0..2*padding each way, the border filled with ``pad_value``, (C,) or
+    (C, 1, 1): the normalized value of black, which makes it torchvision's zero-padded crop), then
+    a horizontal mirror (``flip``), then Cutout (a ``cutout`` square zeroed at a centre anywhere in
+    the image, clipped at the borders). Every draw is a disjoint bit field of the sample's seed
+    taken modulo its range: the crop's x and y offsets (bits 0-11, 12-23), the mirror (bit 24),
+    Cutout's centre row and column (bits 25-40, 41-56). The draws are uniform up to a modulo bias
+    (each value's probability off by less than 1/4096; none where the range is a power of two)
+    and a function of the seed alone: the CPU path's distribution, not its pixels (torchvision
+    draws from its own generator).
+    """
+    batch, channels, height, width = images.shape
+    device = images.device
+    if padding or flip:
+        rows = torch.arange(height, device=device).expand(batch, height)
+        cols = torch.arange(width, device=device).expand(batch, width)
+        source = images
+        if padding:
+            span = 2 * padding + 1
+            fill = images.new_zeros(channels) if pad_value is None else pad_value
+            source = (
+                fill.reshape(1, channels, 1, 1)
+                .expand(batch, channels, height + 2 * padding, width + 2 * padding)
+                .clone()
+            )
+            source[..., padding : padding + height, padding : padding + width] = images
+            rows = rows + (seed_field(seeds, _CROP_Y) % span)[:, None]
+            cols = cols + (seed_field(seeds, _CROP_X) % span)[:, None]
+        if flip:
+            mirrored = seed_field(seeds, _FLIP).bool()[:, None]
+            cols = torch.where(mirrored, cols.flip(1), cols)
+        images = source[
+            torch.arange(batch, device=device)[:, None, None, None],
+            torch.arange(channels, device=device)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
+    if cutout:
+        top = (seed_field(seeds, _CUTOUT_Y) % height - cutout // 2)[:, None]
+        left = (seed_field(seeds, _CUTOUT_X) % width - cutout // 2)[:, None]
+        row = torch.arange(height, device=device)[None, :]
+        col = torch.arange(width, device=device)[None, :]
+        in_rows = (row >= top) & (row < top + cutout)
+        in_cols = (col >= left) & (col < left + cutout)
+        square = in_rows[:, :, None] & in_cols[:, None, :]
+        images = images.masked_fill(square[:, None], 0.0)
+    return images
+
+
 class EpochSampler(DistributedSampler):
     """Shuffles anew every epoch, as a function of (seed, epoch) alone, and can start mid-epoch.
 
@@ -206,6 +305,14 @@ class ImageDataModule(lightning.LightningDataModule):
             retraining: one shuffled loader over the weight part.
         cutout: side of the Cutout square on training images (0: off), after any other
             augmentation and the normalization, as in DARTS.
+        device_resident: keep the whole training split as one normalized float32 tensor and
+            augment on the training device (GPU), so that loading never stalls a step. The
+            training loaders then yield only (index, seed) pairs, which ``on_after_batch_transfer``
+            turns into images, after Lightning moved them to the device; validation and test read
+            as usual. Order, resume and DDP sharding are unchanged; the random draws come from
+            each sample's seed bits (see ``augment_on_device``): the same distribution as the CPU
+            path's, not the same pixels. Costs the split's size in device memory (CIFAR-10's
+            training split: about 600 MB).
     """
 
     num_channels: int
@@ -228,9 +335,10 @@ class ImageDataModule(lightning.LightningDataModule):
         pin_memory: bool = False,
         paired: bool = True,
         cutout: int = 0,
+        device_resident: bool = False,
     ) -> None:
         super().__init__()
-        _validate(batch_size, num_workers, arch_fraction, cutout)
+        _validate(batch_size, num_workers, arch_fraction, cutout, device_resident)
         self.root = root
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -241,6 +349,9 @@ class ImageDataModule(lightning.LightningDataModule):
         self.pin_memory = pin_memory
         self.paired = paired
         self.cutout = cutout
+        self.device_resident = device_resident
+        # (images, labels, pad value), on the device they were last used on; device_resident only.
+        self._resident: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._views: tuple[Dataset, Dataset, Dataset] | None = None
         # Recorded so loggers and checkpoints show which data a run used.
         self.save_hyperparameters()
@@ -271,11 +382,61 @@ class ImageDataModule(lightning.LightningDataModule):
             n_train, self.arch_fraction, self.seed
         )
         self._check_batch_size()
+        if self.device_resident:
+            self._resident = self._resident_tensors(train)
         self._views = (
-            _TransformedView(train, self._training_transform()),
+            _IndexView(n_train)
+            if self.device_resident
+            else _TransformedView(train, self._training_transform()),
             _TransformedView(train, self.eval_transform()),
             _TransformedView(test, self.eval_transform()),
         )
+
+    def _raw_images(self, train: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split's images (N, C, H, W), uint8 or float in [0, 1], and labels, read as
+        whole arrays (for ``device_resident``)."""
+        if isinstance(train, TensorDataset) and len(train.tensors) == 2:
+            return train.tensors[0], train.tensors[1]
+        raise ConfigError(
+            f"device_resident=True is not supported by {type(self).__name__}: its training split "
+            "is not an (images, labels) TensorDataset; set device_resident: false"
+        )
+
+    def _device_augmentation(self) -> tuple[int, bool]:
+        """(crop padding, mirror) of the on-device augmentation; modules that augment override."""
+        return 0, False
+
+    def _resident_tensors(self, train: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels = self._raw_images(train)
+        images = v2.functional.to_dtype(images, torch.float32, scale=True)
+        images = v2.functional.normalize(images, list(self.mean), list(self.std))
+        black = torch.zeros(self.num_channels, 1, 1)
+        pad_value = v2.functional.normalize(black, list(self.mean), list(self.std)).flatten()
+        return images.contiguous(), torch.as_tensor(labels, dtype=torch.long), pad_value
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Device-resident training batches: turn (index, seed) into augmented (x, y) where
+        Lightning moved them. Any other batch passes through."""
+        if isinstance(batch, _ResidentKeys):
+            return self._resident_batch(batch)
+        if (
+            isinstance(batch, dict)
+            and batch
+            and all(isinstance(part, _ResidentKeys) for part in batch.values())
+        ):
+            return {name: self._resident_batch(part) for name, part in batch.items()}
+        return batch
+
+    def _resident_batch(self, keys: _ResidentKeys) -> list[torch.Tensor]:
+        if self._resident is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before its batches")
+        index = keys.index
+        if self._resident[0].device != index.device:  # first use there: move once, keep it
+            self._resident = tuple(t.to(index.device) for t in self._resident)  # type: ignore[assignment]
+        images, labels, pad_value = self._resident
+        padding, flip = self._device_augmentation()
+        x = augment_on_device(images[index], keys.seed, padding, pad_value, flip, self.cutout)
+        return [x, labels[index]]  # a list, as default_collate makes of the CPU path's (x, y)
 
     def _check_batch_size(self) -> None:
         """Fail early: a training part smaller than one batch makes every step a short, partial
@@ -358,7 +519,9 @@ class ImageDataModule(lightning.LightningDataModule):
         return sampler.epoch, taken
 
 
-def _validate(batch_size: int, num_workers: int, arch_fraction: float, cutout: int) -> None:
+def _validate(
+    batch_size: int, num_workers: int, arch_fraction: float, cutout: int, device_resident: bool
+) -> None:
     """Reject bad arguments at construction, before any data is touched."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}; set a positive batch_size")
@@ -373,6 +536,11 @@ def _validate(batch_size: int, num_workers: int, arch_fraction: float, cutout: i
         )
     if cutout < 0:
         raise ConfigError(f"cutout must be >= 0, got {cutout}; 0 disables cutout, DARTS uses 16")
+    if not isinstance(device_resident, bool):
+        raise ConfigError(
+            f"device_resident must be true or false, got {device_resident!r}; true keeps the "
+            "training split on the training device and augments there"
+        )
 
 
 def split_indices(n: int, arch_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -423,6 +591,13 @@ class TorchvisionDataModule(ImageDataModule):
             v2.Normalize(self.mean, self.std),
             v2.ToPureTensor(),
         ]
+
+    def _raw_images(self, train: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """torchvision's parsed arrays, not per-sample PIL images: MNIST-likes hold a uint8
+        (N, H, W) tensor, CIFAR a uint8 (N, H, W, C) numpy array."""
+        data = torch.as_tensor(train.data)  # type: ignore[attr-defined]
+        images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
+        return images, torch.as_tensor(train.targets)  # type: ignore[attr-defined]
 
     def prepare_data(self) -> None:
         """Download once (Lightning calls this on local rank zero only); fetches both splits."""
@@ -524,6 +699,9 @@ class CIFAR10DataModule(TorchvisionDataModule):
             return self.eval_transform()
         flips: list[Transform] = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
         return v2.Compose(flips + self._to_normalized_tensor())
+
+    def _device_augmentation(self) -> tuple[int, bool]:
+        return (4, True) if self.augment else (0, False)
 
 
 def _absolute(root: str) -> str:
