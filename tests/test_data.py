@@ -121,9 +121,11 @@ def test_loader_order_is_reproducible() -> None:
     assert not torch.equal(first_labels(0), first_labels(1))
 
 
-def test_training_step_receives_both_parts() -> None:
-    """The contract with the search module, checked through a real Trainer loop."""
-    seen: list[set] = []
+@pytest.mark.parametrize("device_resident", [False, True])
+def test_training_step_receives_both_parts(device_resident: bool) -> None:
+    """The contract with the search module, checked through a real Trainer loop (and with the
+    images gathered where Lightning put the batch, when they are device-resident)."""
+    seen: list[tuple] = []
 
     class Probe(lightning.LightningModule):
         def __init__(self) -> None:
@@ -131,8 +133,8 @@ def test_training_step_receives_both_parts() -> None:
             self.layer = torch.nn.Linear(64, 10)
 
         def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-            seen.append(set(batch))
             x, y = batch["weight"]
+            seen.append((set(batch), x.shape, x.dtype, batch["arch"][0].shape, y.dtype))
             return torch.nn.functional.cross_entropy(self.layer(x.flatten(1)), y)
 
         def validation_step(self, batch: tuple, batch_idx: int) -> None:
@@ -150,8 +152,10 @@ def test_training_step_receives_both_parts() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(Probe(), datamodule=DigitsDataModule(batch_size=16))
-    assert seen == [{"weight", "arch"}] * 2
+    data = DigitsDataModule(batch_size=16, device_resident=device_resident)
+    trainer.fit(Probe(), datamodule=data)
+    shape = torch.Size([16, 1, 8, 8])
+    assert seen == [({"weight", "arch"}, shape, torch.float32, shape, torch.int64)] * 2
 
 
 @pytest.mark.parametrize(("module", "name"), IDX_MODULES)

@@ -4,7 +4,6 @@
 import itertools
 from pathlib import Path
 
-import lightning
 import pytest
 import torch
 from conftest import CONFIGS
@@ -172,39 +171,6 @@ def test_a_resumed_resident_loader_continues_with_the_same_batches() -> None:
         loader.load_state_dict({"epoch": 1, "batches": 2})
     got = [dm.on_after_batch_transfer(b, 0) for b, _, _ in itertools.islice(resumed, 3)]
     assert_same(expected[2:], got)
-
-
-def test_training_step_sees_images_through_a_trainer() -> None:
-    seen: list[tuple] = []
-
-    class Probe(lightning.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = torch.nn.Linear(64, 10)
-
-        def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-            x, y = batch["weight"]
-            seen.append((x.shape, x.dtype, batch["arch"][0].shape, y.dtype))
-            return torch.nn.functional.cross_entropy(self.layer(x.flatten(1)), y)
-
-        def validation_step(self, batch: tuple, batch_idx: int) -> None:
-            x, _ = batch
-            assert x.shape[1:] == (1, 8, 8)
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    trainer = lightning.Trainer(
-        max_steps=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(Probe(), datamodule=DigitsDataModule(batch_size=16, device_resident=True))
-    shape = torch.Size([16, 1, 8, 8])
-    assert seen == [(shape, torch.float32, shape, torch.int64)] * 2
 
 
 def test_fit_fast_dev_run_device_resident(tmp_path: Path) -> None:
