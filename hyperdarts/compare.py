@@ -51,9 +51,10 @@ from matplotlib.ticker import FuncFormatter
 
 from hyperdarts.cli import default_wandb_offline
 from hyperdarts.cli import main as cli_main
-from hyperdarts.complexity import ExpectedComplexity, cost_tables, count_flops
+from hyperdarts.complexity import ExpectedComplexity, cost_tables
 from hyperdarts.errors import HyperDARTSError
 from hyperdarts.family import (
+    Costs,
     EvalSpec,
     FamilyMember,
     derive_family,
@@ -66,7 +67,6 @@ from hyperdarts.frontier import FrontierRow, collect, resolved_config, run_front
 from hyperdarts.io import atomic_write_text, read_json
 from hyperdarts.pareto import hypervolume, normalized_hypervolume
 from hyperdarts.reports import save_figure, si
-from hyperdarts.search_space.evaluation import count_eval_parameters
 from hyperdarts.search_space.genotypes import Genotype, one_hot
 from hyperdarts.search_space.networks import SuperNet
 from hyperdarts.search_space.sampling import matched_random_genotype
@@ -261,12 +261,12 @@ def _random_family(
     spec = EvalSpec(**meta["spec"])
     space = meta["search_space"]
     complexity = _complexity(space, spec)
-    members = []
+    members, costs = [], Costs(spec)
     with measured(searches=0) as cost:  # drawn, not searched
         for i, target in enumerate(targets):
             genotype = matched_random_genotype(
                 target.params,
-                lambda g: count_eval_parameters(spec.build(g)),
+                costs.params,
                 tolerance=cfg.random_tolerance,
                 seed=cfg.random_seed + i,
                 primitives=space["primitives"],
@@ -276,8 +276,8 @@ def _random_family(
                 FamilyMember(
                     lambdas=target.lambdas,  # the λ of the member it is matched to
                     genotype=genotype,
-                    params=count_eval_parameters(spec.build(genotype)),
-                    flops=count_flops(spec.build(genotype), spec.input_shape),
+                    params=costs.params(genotype),
+                    flops=costs.flops(genotype),
                     expected_complexity=complexity(genotype),
                 )
             )

@@ -100,8 +100,9 @@ class EvalSpec:
             stem_multiplier=hp.stem_multiplier,
         )
 
-    def build(self, genotype: Genotype) -> EvalNetwork:
-        # Without the auxiliary head: it is not counted, so building it would only cost time.
+    def build(self, genotype: Genotype, auxiliary: bool = False) -> EvalNetwork:
+        """The evaluation network; without the auxiliary head by default: it is not counted, so
+        building it for costing would only cost time."""
         return EvalNetwork(
             genotype,
             self.num_channels,
@@ -110,7 +111,7 @@ class EvalSpec:
             self.init_channels,
             self.num_cells,
             self.stem_multiplier,
-            auxiliary=False,
+            auxiliary=auxiliary,
         )
 
     @property
@@ -135,7 +136,7 @@ class FamilyMember:
         return min(self.lambdas)
 
 
-class _Costs:
+class Costs:
     """Exact parameters and FLOPs per genotype, each computed once (FLOPs only when asked)."""
 
     def __init__(self, spec: EvalSpec) -> None:
@@ -171,7 +172,7 @@ def derive_family(
     if not lambdas:
         raise ValueError("derive_family: no λ values given")
     groups = _group((lam, module.genotype(lam)) for lam in lambdas)
-    costs = _Costs(spec)
+    costs = Costs(spec)
     members = [_member(module, g, lams, costs) for g, lams in groups.items()]
     if loader is not None:
         for m in members:
@@ -187,7 +188,7 @@ def _group(points: Iterable[tuple[float, Genotype]]) -> dict[Genotype, list[floa
 
 
 def _member(
-    module: HyperDARTSSearch, genotype: Genotype, lambdas: list[float], costs: _Costs
+    module: HyperDARTSSearch, genotype: Genotype, lambdas: list[float], costs: Costs
 ) -> FamilyMember:
     return FamilyMember(
         lambdas=lambdas,
@@ -249,7 +250,7 @@ def query_budget(
     if num < 2:
         raise ValueError(f"num={num}: the λ scan needs at least 2 points")
     groups = _group(_scan(module, module.sampler.grid(num), refine_steps))
-    costs = _Costs(spec)
+    costs = Costs(spec)
     fitting = [g for g in groups if costs.params(g) <= budget]
     if not fitting:
         smallest = min(groups, key=lambda g: (costs.params(g), groups[g][0]))

@@ -27,7 +27,7 @@ from hyperdarts.errors import ConfigError
 from hyperdarts.family import FORMAT as FAMILY_FORMAT
 from hyperdarts.family import EvalSpec, FamilyMember, genotype_string, load_family
 from hyperdarts.nonfinite import StepGuard, buffer_snapshot, is_finite_step, restore_buffers
-from hyperdarts.search_space.evaluation import EvalNetwork, count_eval_parameters
+from hyperdarts.search_space.evaluation import count_eval_parameters
 from hyperdarts.search_space.genotypes import Genotype, load_genotype
 from hyperdarts.search_space.published import PUBLISHED, published_genotype
 
@@ -175,16 +175,7 @@ class RetrainModule(L.LightningModule):
             num_cells=num_cells,
             stem_multiplier=stem_multiplier,
         )
-        self.net = EvalNetwork(
-            self.genotype,
-            num_channels,
-            num_classes,
-            image_size,
-            init_channels,
-            num_cells,
-            stem_multiplier,
-            auxiliary=auxiliary_weight > 0,
-        )
+        self.net = self.spec.build(self.genotype, auxiliary=auxiliary_weight > 0)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")

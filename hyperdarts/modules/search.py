@@ -176,9 +176,9 @@ class HyperDARTSSearch(L.LightningModule):
     # --- training ---------------------------------------------------------------------------------
 
     def _noise(self, batch_size: int) -> Noise | None:
-        """The relaxation's noise for one step (None for deterministic relaxations)."""
-        noise = self.relaxation.draw_noise(self.hypernet.shape[1:], batch_size, self.rng)
-        return None if noise is None else {k: v.to(self.device) for k, v in noise.items()}
+        """The relaxation's noise for one step (None for deterministic relaxations), drawn on the
+        CPU from the checkpointed generator; ``relaxation.sample`` moves it where α is."""
+        return self.relaxation.draw_noise(self.hypernet.shape[1:], batch_size, self.rng)
 
     def _loss(
         self, params: dict[str, torch.Tensor], weights: Weights, batch: Batch
