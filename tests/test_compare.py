@@ -53,6 +53,8 @@ def tiny_args(out: Path, *extra: str) -> list[str]:
 
 
 def test_compare_end_to_end_and_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # W&B offline, not disabled: the comparison's run is written locally and checked below.
+    monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "cmp"
     path = compare.main(tiny_args(out))
     data = json.loads(path.read_text())
@@ -100,6 +102,9 @@ def test_compare_end_to_end_and_rerun(tmp_path: Path, monkeypatch: pytest.Monkey
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert len(rows) == sum(len(m["members"]) for m in data["methods"])
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (wandb_run,) = (out / "wandb").glob("offline-run-*")
+    assert list(wandb_run.glob("files/media/table/compare/*.table.json"))
+    assert list(wandb_run.glob("files/media/images/compare/*.png"))
 
     # A rerun reuses every finished search and retraining run: nothing is trained again.
     def no_training(*args, **kwargs):
