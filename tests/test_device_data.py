@@ -14,6 +14,7 @@ from hyperdarts.cli import main
 from hyperdarts.data import (
     CIFAR10DataModule,
     DigitsDataModule,
+    FashionMNISTDataModule,
     ImageDataModule,
     MNISTDataModule,
     augment_on_device,
@@ -23,14 +24,20 @@ from hyperdarts.data import (
 from hyperdarts.errors import ConfigError
 
 CROP_X, CROP_Y, FLIP, CUTOUT_Y, CUTOUT_X = (0, 12), (12, 12), (24, 1), (25, 16), (41, 16)
+MODULES: dict[str, type[ImageDataModule]] = {
+    "digits": DigitsDataModule,
+    "mnist": MNISTDataModule,
+    "fashion": FashionMNISTDataModule,
+    "cifar": CIFAR10DataModule,
+}
 
 
 def make(kind: str, root: Path, monkeypatch: pytest.MonkeyPatch, **kwargs) -> ImageDataModule:
     if kind == "digits":
         dm: ImageDataModule = DigitsDataModule(**{"batch_size": 16, **kwargs})
-    elif kind == "mnist":
-        write_fake_mnist(root, n_train=64)
-        dm = MNISTDataModule(root=str(root), batch_size=8, download=False, **kwargs)
+    elif kind in ("mnist", "fashion"):
+        write_fake_mnist(root, name={"mnist": "MNIST", "fashion": "FashionMNIST"}[kind], n_train=64)
+        dm = MODULES[kind](root=str(root), batch_size=8, download=False, **kwargs)
     else:
         ignore_cifar_md5(monkeypatch)
         write_fake_cifar10(root, n_per_batch=20)
@@ -60,7 +67,7 @@ def assert_same(a: object, b: object) -> None:
             assert_same(x, y)
 
 
-@pytest.mark.parametrize("kind", ["digits", "mnist", "cifar"])
+@pytest.mark.parametrize("kind", list(MODULES))
 @pytest.mark.parametrize("paired", [True, False])
 def test_unaugmented_resident_batches_equal_the_plain_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, paired: bool
@@ -102,8 +109,8 @@ def test_cifar_crop_and_flip_follow_the_seed(
         assert torch.equal(y, torch.as_tensor(dm._open(True, False).targets)[keys.index])
 
     # Over many seeds of one image, every offset and both mirrors occur; found by matching pixels.
-    image = dm._resident[0][:1]
-    pad_value = dm._resident[2]
+    image = dm._resident.normalized(torch.tensor([0]))
+    pad_value = dm._resident.pad_value
     candidates = {}
     padded = torch.nn.functional.pad(train_raw[0], (4, 4, 4, 4))
     for dx, dy, flip in itertools.product(range(9), range(9), (0, 1)):
@@ -149,10 +156,74 @@ def test_cutout_through_the_data_module() -> None:
     dm.setup("fit")
     keys = batches(dm, 1, transfer=False)[0]
     x, _ = dm.on_after_batch_transfer(keys, 0)
-    unaugmented = dm._resident[0][keys.index]
+    unaugmented = dm._resident.normalized(keys.index)
     assert not (unaugmented == 0).any()  # normalized digits have no exact zeros
     for image, seed in zip(x, keys.seed.tolist(), strict=True):
         assert torch.equal(image[0] == 0, expected_square(seed, 3, 8, 8))
+
+
+def former_float32_batch(
+    images: torch.Tensor, labels: torch.Tensor, keys: object, dm: ImageDataModule
+) -> list[torch.Tensor]:
+    """What the float32 storage made of a batch: the whole split scaled and normalized up front,
+    padded with the normalized black (the code this storage replaced, verbatim)."""
+    normalized = v2.functional.to_dtype(images, torch.float32, scale=True)
+    normalized = v2.functional.normalize(normalized, list(dm.mean), list(dm.std))
+    black = torch.zeros(dm.num_channels, 1, 1)
+    pad_value = v2.functional.normalize(black, list(dm.mean), list(dm.std)).flatten()
+    padding, flip = dm._device_augmentation()
+    index, seed = keys.index, keys.seed  # type: ignore[attr-defined]
+    x = augment_on_device(normalized[index], seed, padding, pad_value, flip, dm.cutout)
+    return [x, torch.as_tensor(labels, dtype=torch.long)[index]]
+
+
+@pytest.mark.parametrize("kind", list(MODULES))
+@pytest.mark.parametrize("storage", ["native", "float32"])
+def test_resident_batches_equal_the_former_float32_storage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, storage: str
+) -> None:
+    """uint8 storage (and float32 storage, forced by reading the raw images as floats) gives the
+    bits the normalized float32 storage gave, with every augmentation on."""
+    raw_images = MODULES[kind]._raw_images
+    if storage == "float32":
+
+        def as_float(self: ImageDataModule, train: object) -> tuple[torch.Tensor, torch.Tensor]:
+            images, labels = raw_images(self, train)  # type: ignore[arg-type]
+            return v2.functional.to_dtype(images, torch.float32, scale=True), labels
+
+        monkeypatch.setattr(MODULES[kind], "_raw_images", as_float)
+    dm = make(kind, tmp_path, monkeypatch, device_resident=True, cutout=5)
+    stored = dm._resident.images  # type: ignore[union-attr]
+    native = torch.uint8 if kind != "digits" else torch.float32
+    assert stored.dtype == (native if storage == "native" else torch.float32)
+    images, labels = raw_images(dm, dm._load_splits()[0])
+    for batch in batches(dm, 3, transfer=False):
+        for keys in batch.values():
+            expected = former_float32_batch(images, labels, keys, dm)
+            assert_same(dm.on_after_batch_transfer(keys, 0), expected)
+
+
+@pytest.mark.parametrize("kind", ["mnist", "fashion", "cifar"])
+def test_uint8_pixels_are_stored_in_a_quarter_of_float32s_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    dm = make(kind, tmp_path, monkeypatch, device_resident=True)
+    images = dm._resident.images  # type: ignore[union-attr]
+    n = len(dm.weight_indices) + len(dm.arch_indices)
+    assert images.shape == (n, dm.num_channels, dm.image_size, dm.image_size)
+    assert images.dtype == torch.uint8 and images.is_contiguous()
+    float32_bytes = images.numel() * torch.finfo(torch.float32).bits // 8
+    assert images.element_size() * images.numel() * 4 == float32_bytes
+
+
+def test_digits_keep_float32_storage() -> None:
+    """Digits are 0..16 scaled to [0, 1] by sixteenths: not uint8 pixels, so stored as float32,
+    unnormalized (normalization happens per batch)."""
+    dm = DigitsDataModule(batch_size=16, device_resident=True)
+    dm.setup("fit")
+    images = dm._resident.images  # type: ignore[union-attr]
+    assert images.dtype == torch.float32
+    assert float(images.min()) == 0.0 and float(images.max()) == 1.0
 
 
 def test_a_resumed_resident_loader_continues_with_the_same_batches() -> None:
