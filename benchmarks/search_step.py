@@ -2,15 +2,21 @@
 
 For each named configuration and order it reports the median time (after warm-up) of
 - one weight-only forward+backward of the supernet (the unit of irreducible work),
+- for the exact Hessian, the bare primitive it needs: a training forward+backward keeping the graph,
+  then the double backward of (∇_w L · v) to the mixing weights,
 - one full search step: the architecture step (hypernetwork, complexity term and, for second order,
   the unrolled step) followed by the weight step with gradient clipping,
-and the ratio of the step to the irreducible work it must do: 2 forward+backward passes for first
-order; for second order with the exact Hessian 4 (train pass with graph, validation pass at w',
-the double backward, the weight step), with the finite difference 5 (train, validation, w+, w-,
-weight step). ``--mode eager`` is the plain per-edge supernet (every fast-path switch off), ``fast``
-the defaults (shared per-source work, grouped ops); run both to see what the fast path buys. Peak
-memory is CUDA's allocator peak on GPU, the process's peak RSS on CPU. Results go to stdout as a
-table and to ``--out`` as JSON. Speed is measured here, never asserted in tests.
+and the ratio of the step to the irreducible work, the sum of the primitives the step cannot avoid,
+each measured in the same run: 2 forward+backward passes for first order; for second order with the
+finite difference 5 (train, validation, w+, w-, weight step); with the exact Hessian 2 passes
+(validation at w', weight step) plus the double-backward primitive. The first step's time is
+reported too: with ``compile`` it is mostly compilation.
+
+Modes: ``eager`` is the plain per-edge supernet (every fast-path switch off), ``fast`` the defaults
+(shared per-source work, grouped ops), ``compiled`` adds torch.compile, ``cudagraphs`` compiles
+with mode reduce-overhead (CUDA graphs; GPU only). Peak memory is CUDA's allocator peak on GPU,
+the process's peak RSS on CPU. Results go to stdout as a table and to ``--out`` as JSON. Speed is
+measured here, never asserted in tests.
 """
 
 from __future__ import annotations
@@ -44,16 +50,26 @@ CONFIGS = {
     "small": BenchConfig(1, 28, 8, 3, 32),  # the small search the performance issue quotes
     "cifar": BenchConfig(3, 32, 16, 8, 64),  # configs/cifar.yaml, the paper's search
 }
-PASSES = {(1, "exact"): 2, (2, "exact"): 4, (2, "finite_difference"): 5}
+PASSES = {(1, "exact"): 2, (2, "exact"): 2, (2, "finite_difference"): 5}  # + the HVP primitive
+FAST = {"share_source_ops": True, "group_ops": True}
 MODES = {
-    "eager": {"share_source_ops": False, "group_ops": False},
-    "fast": {"share_source_ops": True, "group_ops": True},
+    "eager": {"share_source_ops": False, "group_ops": False, "compile": False},
+    "fast": {**FAST, "compile": False},
+    "compiled": {**FAST, "compile": "default"},
+    "cudagraphs": {**FAST, "compile": "reduce-overhead"},
 }
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _seconds(fn, device: torch.device) -> float:
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def _median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> float:
@@ -94,14 +110,26 @@ def bench(name: str, order: int, hessian: str, args: argparse.Namespace) -> dict
     batch = {"weight": _batch(cfg, device), "arch": _batch(cfg, device)}
     lam = 0.01
 
+    params = dict(model.net.named_parameters())
+
     def weight_pass() -> None:
         with torch.no_grad():
             probs = model.probs(lam)
         x, y = batch["weight"]
         opt_w.zero_grad()
-        F.cross_entropy(model.net(x, probs), y).backward()
+        F.cross_entropy(model.supernet()(params, x, probs), y).backward()
+
+    def hvp_pass() -> None:
+        """∇_α(∇_w L_train · v), bare: what the exact Hessian cannot do without."""
+        probs = {k: v.detach().requires_grad_() for k, v in model.probs(lam).items()}
+        x, y = batch["weight"]
+        loss = F.cross_entropy(model.supernet(compiled=False)(params, x, probs), y)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        v = [g.detach() for g in grads]
+        torch.autograd.grad(grads, list(probs.values()), grad_outputs=v, allow_unused=True)
 
     def search_step() -> None:
+        model.begin_step()
         surrogate, _, _ = model.architecture_objective(batch, lam, opt_w)
         opt_a.zero_grad()
         surrogate.backward()
@@ -112,9 +140,13 @@ def bench(name: str, order: int, hessian: str, args: argparse.Namespace) -> dict
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    first_step = _seconds(search_step, device)
     unit = _median_seconds(weight_pass, args.repeats, args.warmup, device)
+    exact = order == 2 and hessian == "exact"
+    hvp = _median_seconds(hvp_pass, args.repeats, args.warmup, device) if exact else 0.0
     step = _median_seconds(search_step, args.repeats, args.warmup, device)
     passes = PASSES[(order, hessian)]
+    irreducible = passes * unit + hvp
     return {
         "config": name,
         **asdict(cfg),
@@ -126,9 +158,12 @@ def bench(name: str, order: int, hessian: str, args: argparse.Namespace) -> dict
         "device": str(device),
         "threads": torch.get_num_threads(),
         "weight_pass_ms": 1000 * unit,
+        "hvp_pass_ms": 1000 * hvp if exact else None,
+        "first_step_s": first_step,
         "step_ms": 1000 * step,
         "irreducible_passes": passes,
-        "ratio_to_irreducible": step / (passes * unit),
+        "irreducible_ms": 1000 * irreducible,
+        "ratio_to_irreducible": step / irreducible,
         "peak_memory_mb": _peak_memory_mb(device),
     }
 
@@ -156,15 +191,16 @@ def main() -> None:
 
     rows = [bench(c, o, args.hessian, args) for c in args.configs for o in args.orders]
     header = (
-        f"{'config':<8}{'mode':>6}{'order':>6}{'weight pass ms':>16}{'step ms':>10}{'ratio':>8}"
-        f"{'peak MB':>10}"
+        f"{'config':<8}{'mode':>11}{'order':>6}{'weight pass ms':>16}{'hvp ms':>8}"
+        f"{'step ms':>10}{'ratio':>7}{'1st step s':>11}{'peak MB':>9}"
     )
     print(header)
     for r in rows:
+        hvp = "-" if r["hvp_pass_ms"] is None else f"{r['hvp_pass_ms']:.1f}"
         print(
-            f"{r['config']:<8}{r['mode']:>6}{r['order']:>6}{r['weight_pass_ms']:>16.1f}"
-            f"{r['step_ms']:>10.1f}"
-            f"{r['ratio_to_irreducible']:>8.2f}{r['peak_memory_mb']:>10.0f}"
+            f"{r['config']:<8}{r['mode']:>11}{r['order']:>6}{r['weight_pass_ms']:>16.1f}{hvp:>8}"
+            f"{r['step_ms']:>10.1f}{r['ratio_to_irreducible']:>7.2f}{r['first_step_s']:>11.1f}"
+            f"{r['peak_memory_mb']:>9.0f}"
         )
     meta = {"torch": torch.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count()}
     with open(args.out, "w") as f:

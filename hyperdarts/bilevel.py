@@ -11,6 +11,8 @@ step SGD would take, and
 The mixed second derivative times a vector is computed exactly by double backward (default), or by
 the central finite difference of DARTS with the correct 1/(2ε) factor, ε = fd_epsilon / ‖v‖.
 The finite difference is inaccurate across ReLU kinks (see METHOD.md), hence not the default.
+Double backward needs a loss whose graph can be differentiated twice, which torch.compile's graphs
+cannot (AOT autograd): a compiled caller passes an eager ``train_loss_fn`` for that one pass.
 """
 
 from __future__ import annotations
@@ -63,12 +65,16 @@ def second_order(
     momentum_buffers: Params | None = None,
     hessian: HessianKind = "exact",
     fd_epsilon: float = 0.01,
+    train_loss_fn: LossFn | None = None,
 ) -> tuple[Params, torch.Tensor]:
-    """The unrolled architecture gradient g_α and the validation loss at w'."""
+    """The unrolled architecture gradient g_α and the validation loss at w'. ``train_loss_fn``
+    (default ``loss_fn``) computes the training loss at w, the pass the exact Hessian
+    differentiates twice."""
     alpha = _leaves(alpha)
     weights = _leaves(params)
     exact = hessian == "exact"
-    train_grad = _grad(loss_fn(weights, alpha, train_batch), weights, create_graph=exact)
+    train_loss = (train_loss_fn or loss_fn)(weights, alpha, train_batch)
+    train_grad = _grad(train_loss, weights, create_graph=exact)
 
     buffers = momentum_buffers or {}
     with torch.no_grad():

@@ -14,10 +14,16 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 from torchmetrics.classification import MulticlassAccuracy
 
 from hyperdarts.bilevel import HessianKind, VirtualStep, first_order, second_order
+from hyperdarts.compiling import (
+    CompileMode,
+    SupernetFn,
+    compile_mode,
+    supernet_function,
+    validate_compile,
+)
 from hyperdarts.complexity import ComplexityMetric, ExpectedComplexity, cost_tables
 from hyperdarts.distributed import average_gradients, broadcast_parameters, exclude_from_ddp
 from hyperdarts.errors import ConfigError
@@ -68,6 +74,11 @@ class HyperDARTSSearch(L.LightningModule):
         channels_last: NHWC memory layout for the supernet (faster convolutions on GPUs). For
             bf16 autocast set the Trainer's ``precision: bf16-mixed``; the finite-difference
             Hessian then still runs in full precision.
+        compile: torch.compile the supernet passes of the search step (hyperdarts.compiling):
+            false; true or default (fused kernels); reduce-overhead (fused kernels replayed as
+            CUDA graphs, for GPUs); max-autotune. The first steps then take minutes to compile;
+            worth it on GPUs, where launching small kernels dominates a step. compile_backend:
+            inductor, or aot_eager to check tracing without generating code.
     """
 
     def __init__(
@@ -110,10 +121,13 @@ class HyperDARTSSearch(L.LightningModule):
         share_source_ops: bool = True,
         group_ops: bool = True,
         channels_last: bool = False,
+        compile: CompileMode = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         _validate(order, hessian, fd_epsilon, w_lr, w_lr_min, grad_clip, arch_lr, val_lambdas)
+        validate_compile(compile, compile_backend)
         self.automatic_optimization = False
         self.net = SuperNet(
             num_channels,
@@ -149,6 +163,21 @@ class HyperDARTSSearch(L.LightningModule):
         # _architecture_step, so plain `ddp` works (hyperdarts/distributed.py); the cost tables
         # are constants, with nothing to broadcast.
         exclude_from_ddp(self, "hypernet", "complexity")
+        self._compiled: SupernetFn | None = None  # built on first use; see supernet()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A compiled function holds the network it was built for: a copy must build its own.
+        return {**super().__getstate__(), "_compiled": None}
+
+    def supernet(self, compiled: bool = True) -> SupernetFn:
+        """The supernet as f(params, x, mixing weights) (hyperdarts.compiling): compiled as
+        configured, or eager (``compiled=False``) for a pass that is differentiated twice."""
+        if not compiled or compile_mode(self.hparams.compile) is None:
+            return supernet_function(self.net)
+        if self._compiled is None:
+            hp = self.hparams
+            self._compiled = supernet_function(self.net, hp.compile, hp.compile_backend)
+        return self._compiled
 
     # --- the relaxed architecture as a function of λ ---------------------------------------------
 
@@ -184,11 +213,25 @@ class HyperDARTSSearch(L.LightningModule):
         self, params: dict[str, torch.Tensor], weights: Weights, batch: Batch
     ) -> torch.Tensor:
         """L(w, mixing weights) on a batch; per-example weights are cut to the batch's size."""
+        return self._batch_loss(self.supernet(), params, weights, batch)
+
+    def _eager_loss(
+        self, params: dict[str, torch.Tensor], weights: Weights, batch: Batch
+    ) -> torch.Tensor:
+        """``_loss``, never compiled: the training pass that the exact Hessian differentiates
+        twice."""
+        return self._batch_loss(self.supernet(compiled=False), params, weights, batch)
+
+    @staticmethod
+    def _batch_loss(
+        supernet: SupernetFn, params: dict[str, torch.Tensor], weights: Weights, batch: Batch
+    ) -> torch.Tensor:
         x, y = batch
         weights = {k: v[: x.shape[0]] if v.dim() == 3 else v for k, v in weights.items()}
-        return F.cross_entropy(functional_call(self.net, params, (x, weights)), y)
+        return F.cross_entropy(supernet(params, x, weights), y)
 
     def training_step(self, batch: dict[str, Batch], batch_idx: int) -> None:
+        self.begin_step()
         opt_w, opt_a = self.optimizers()
         lam = self.sampler.sample(self.rng)
         arch_loss, penalty = self._architecture_step(opt_a, opt_w.optimizer, batch, lam)
@@ -211,6 +254,12 @@ class HyperDARTSSearch(L.LightningModule):
             batch_size=batch["weight"][0].shape[0],
         )
         self.log("train/skipped_steps", float(self.guard.total), on_step=True, on_epoch=False)
+
+    def begin_step(self) -> None:
+        """Tell CUDA graphs (compile: reduce-overhead) that the previous step's outputs are no
+        longer needed, so their memory can be reused by this step's replays."""
+        if self.hparams.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
 
     def _architecture_step(
         self, opt_a: Any, opt_w: torch.optim.Optimizer, batch: dict[str, Batch], lam: float
@@ -262,6 +311,7 @@ class HyperDARTSSearch(L.LightningModule):
                 buffers,
                 self.hparams.hessian,
                 self.hparams.fd_epsilon,
+                train_loss_fn=self._eager_loss if self.hparams.hessian == "exact" else None,
             )
         penalty = self.complexity(self.relaxation.mean(alpha, self.tau))
         surrogate = sum((mix[k] * grads[k].detach()).sum() for k in mix) + lam * penalty
@@ -291,7 +341,7 @@ class HyperDARTSSearch(L.LightningModule):
         with torch.no_grad():
             probs = self.relaxation.sample(self.alpha(lam), self.tau, self._noise(x.shape[0]))
         buffers = buffer_snapshot(self.net)
-        logits = self.net(x, probs)
+        logits = self.supernet()(dict(self.net.named_parameters()), x, probs)
         loss = F.cross_entropy(logits, y)
         opt_w.zero_grad()
         self.manual_backward(loss)

@@ -1,0 +1,130 @@
+"""torch.compile of the supernet (hyperdarts.compiling) changes the cost, not the search.
+
+The compiled path is traced with the aot_eager backend: the same Dynamo graph capture and AOT
+autograd (forward and backward graphs, functional parameters) as inductor, without inductor's code
+generation, which takes minutes on a CPU and is torch's own to test. In float64 the compiled search
+steps must give the eager path's architecture gradients, weight-step losses and genotypes, and a
+new λ, temperature or noise must not compile again.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hyperdarts.errors import ConfigError
+from hyperdarts.modules.search import HyperDARTSSearch
+
+SPACE = {
+    "num_channels": 1, "image_size": 8, "num_classes": 5, "init_channels": 4, "num_cells": 3,
+    "num_nodes": 2, "primitives": ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3",
+                                   "dil_conv_3x3"],
+}  # fmt: skip
+
+
+def search_module(order: int, hessian: str, compile: bool | str) -> HyperDARTSSearch:
+    torch.manual_seed(0)
+    module = HyperDARTSSearch(
+        **SPACE, order=order, hessian=hessian, relaxation="gumbel", seed=3, compile=compile,
+        compile_backend="aot_eager",
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        for p in module.hypernet.parameters():
+            p.copy_(0.5 * torch.randn_like(p))
+    return module
+
+
+def graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def search_steps(module: HyperDARTSSearch, steps: int) -> dict[str, list]:
+    """Full search steps as training_step takes them (architecture step, then the weight step
+    through ``module.supernet()``), each at a new λ, temperature and noise."""
+    g = torch.Generator().manual_seed(4)
+    opt_w = torch.optim.SGD(module.net.parameters(), lr=0.05, momentum=0.9, weight_decay=3e-4)
+    opt_a = torch.optim.Adam(module.hypernet.parameters(), lr=0.05)
+    out: dict[str, list] = {"arch_grads": [], "weight_losses": [], "graphs": []}
+    for step in range(steps):
+        batch = {
+            k: (torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64),
+                torch.randint(0, 5, (8,), generator=g))
+            for k in ("weight", "arch")
+        }  # fmt: skip
+        lam = module.sampler.sample(module.rng)
+        module.tau = 1.0 / (step + 1)
+        module.begin_step()
+        opt_a.zero_grad()
+        surrogate, _, _ = module.architecture_objective(batch, lam, opt_w)
+        surrogate.backward()
+        out["arch_grads"].append(
+            torch.cat([p.grad.reshape(-1) for p in module.hypernet.parameters()])
+        )
+        opt_a.step()
+        opt_w.zero_grad()
+        x, y = batch["weight"]
+        with torch.no_grad():
+            probs = module.relaxation.sample(module.alpha(lam), module.tau, module._noise(8))
+        loss = F.cross_entropy(module.supernet()(dict(module.net.named_parameters()), x, probs), y)
+        loss.backward()
+        opt_w.step()
+        out["weight_losses"].append(loss.detach())
+        out["graphs"].append(graphs())
+    out["genotypes"] = [module.genotype(lam) for lam in module.val_grid]
+    return out
+
+
+@pytest.mark.parametrize("order, hessian", [(1, "exact"), (2, "exact"), (2, "finite_difference")])
+def test_compiled_search_steps_equal_eager_and_compile_once(order: int, hessian: str) -> None:
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = search_steps(search_module(order, hessian, False), 3)
+    assert graphs() == 0
+    compiled = search_steps(search_module(order, hessian, "default"), 3)
+    for e, c in zip(eager["arch_grads"], compiled["arch_grads"]):
+        assert float(e.norm()) > 1e-6
+        torch.testing.assert_close(c, e, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(compiled["weight_losses"], eager["weight_losses"])
+    assert compiled["genotypes"] == eager["genotypes"]
+    # Graphs were compiled in the first step only: λ, τ and the noise are graph inputs.
+    assert compiled["graphs"][0] >= 2
+    assert compiled["graphs"][1:] == [compiled["graphs"][0]] * 2
+
+
+def test_compile_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="compile='fast'"):
+        HyperDARTSSearch(**SPACE, compile="fast")
+    assert HyperDARTSSearch(**SPACE, compile=True).supernet() is not None
+    with pytest.raises(ConfigError, match="compile_backend"):
+        HyperDARTSSearch(**SPACE, compile="default", compile_backend="")
+
+
+def test_a_copy_compiles_its_own_network() -> None:
+    import copy
+
+    module = search_module(1, "exact", "default")
+    first = module.supernet()
+    assert module.supernet() is first
+    assert copy.deepcopy(module).supernet() is not first
+
+
+def test_fit_with_compile_from_the_command_line(tmp_path) -> None:
+    """The config switch reaches the search: a fast_dev_run fit trains through compiled graphs."""
+    from conftest import CONFIGS
+
+    from hyperdarts.cli import main
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    cli = main([
+        "fit", "--config", str(CONFIGS / "digits.yaml"),
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.fast_dev_run", "1",
+        "--data.init_args.batch_size", "16", "--model.init_args.init_channels", "4",
+        "--model.init_args.num_nodes", "2", "--model.init_args.compile", "true",
+        "--model.init_args.compile_backend", "aot_eager",
+    ])  # fmt: skip
+    assert cli.trainer.global_step == 2
+    assert cli.model.hparams.compile is True
+    assert graphs() >= 2  # the validation pass and the weight step
