@@ -49,9 +49,10 @@ def _leaves(tensors: Params) -> Params:
 def first_order(
     loss_fn: LossFn, params: Params, alpha: Params, val_batch: Any
 ) -> tuple[Params, torch.Tensor]:
-    """∇_α L_val(w, α), ignoring how w* depends on α."""
+    """∇_α L_val(w, α), ignoring how w* depends on α. Autograd computes only what α's gradient
+    needs, so ``params`` are used as they are (no detached copies for the loss to swap in)."""
     alpha = _leaves(alpha)
-    loss = loss_fn({k: v.detach() for k, v in params.items()}, alpha, val_batch)
+    loss = loss_fn(params, alpha, val_batch)
     return _grad(loss, alpha), loss.detach()
 
 
@@ -71,7 +72,7 @@ def second_order(
     (default ``loss_fn``) computes the training loss at w, the pass the exact Hessian
     differentiates twice."""
     alpha = _leaves(alpha)
-    weights = _leaves(params)
+    weights = params if all(w.requires_grad for w in params.values()) else _leaves(params)
     exact = hessian == "exact"
     train_loss = (train_loss_fn or loss_fn)(weights, alpha, train_batch)
     train_grad = _grad(train_loss, weights, create_graph=exact)

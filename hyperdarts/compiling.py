@@ -63,12 +63,17 @@ def supernet_function(
     ``params`` (torch.func.functional_call), compiled as ``compile`` says.
 
     The parameters are an argument so that the unrolled step can evaluate the supernet at w' with
-    no copy of the network, compiled or not. ``backend`` other than inductor ignores ``mode``.
+    no copy of the network, compiled or not. Eager, ``net``'s own parameters are not swapped in:
+    functional_call's swap costs ~20 µs per parameter, ~25 ms per pass for the CIFAR supernet's
+    1,397. ``backend`` other than inductor ignores ``mode``.
     """
     validate_compile(compile, backend)
     mode = compile_mode(compile)
+    own = list(net.named_parameters())
 
     def forward(params: Tensors, x: torch.Tensor, weights: Tensors) -> torch.Tensor:
+        if len(params) == len(own) and all(params.get(k) is p for k, p in own):
+            return net(x, weights)
         return functional_call(net, params, (x, weights))
 
     if mode is None:

@@ -128,3 +128,26 @@ def test_fit_with_compile_from_the_command_line(tmp_path) -> None:
     assert cli.trainer.global_step == 2
     assert cli.model.hparams.compile is True
     assert graphs() >= 2  # the validation pass and the weight step
+
+
+def test_eager_supernet_swaps_in_only_parameters_that_are_not_its_own(monkeypatch) -> None:
+    """Its own parameters: the plain call (functional_call's swap costs ~20 µs per parameter);
+    any other tensors (w', w ± εv): swapped in, and they change the output."""
+    import hyperdarts.compiling as compiling
+    from hyperdarts.compiling import supernet_function
+
+    module = search_module(1, "exact", False)
+    net, x = module.net, torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    weights = module.probs(0.1)
+    f = supernet_function(net)
+    own = dict(net.named_parameters())
+    other = {k: 1.5 * v.detach() for k, v in own.items()}
+    swapped = f(other, x, weights)
+    calls = []
+    real = compiling.functional_call
+    monkeypatch.setattr(compiling, "functional_call", lambda *a: calls.append(1) or real(*a))
+    torch.testing.assert_close(f(own, x, weights), net(x, weights))
+    assert calls == []
+    torch.testing.assert_close(f(other, x, weights), swapped)
+    assert calls == [1]
+    assert not torch.allclose(swapped, net(x, weights))
