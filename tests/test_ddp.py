@@ -153,15 +153,18 @@ def _single_process_arch_grad(
     return dict(zip(names, grads))
 
 
+COMPILED = {"compile": True, "compile_backend": "aot_eager", "num_nodes": 2}
+
+
 @pytest.mark.parametrize(
-    ("order", "relaxation", "find_unused_parameters"),
-    [(1, "softmax", True), (2, "gumbel", False)],
-    ids=["first-order-find-unused", "second-order-gumbel-ddp"],
+    ("order", "relaxation", "find_unused_parameters", "extra"),
+    [(1, "softmax", True, {}), (2, "gumbel", False, {}), (2, "softmax", False, COMPILED)],
+    ids=["first-order-find-unused", "second-order-gumbel-ddp", "second-order-compiled"],
 )
 def test_search_ranks_stay_identical_and_average_their_shards(
-    tmp_path: Path, order: int, relaxation: str, find_unused_parameters: bool
+    tmp_path: Path, order: int, relaxation: str, find_unused_parameters: bool, extra: dict
 ) -> None:
-    kwargs = {**SEARCH, "order": order, "relaxation": relaxation, "hypernet": "linear"}
+    kwargs = {**SEARCH, "order": order, "relaxation": relaxation, "hypernet": "linear", **extra}
     L.seed_everything(0)
     recorder = Recorder(tmp_path)
     trainer = _trainer(find_unused_parameters, recorder)
