@@ -446,6 +446,29 @@ def test_first_order_matches_autograd():
     assert float(flat(ref).norm()) > 0
 
 
+def test_first_order_treats_the_weights_as_constants_without_copying_them():
+    """The pass sees the network's own parameter tensors, not requiring grad (so autograd saves
+    nothing for w's gradients), and they require grad again afterwards, even if the loss fails."""
+    module = make_module()
+    params = dict(module.net.named_parameters())
+    seen = []
+
+    def loss_fn(weights, alpha, batch):
+        seen.append([(w is params[k], w.requires_grad) for k, w in weights.items()])
+        return alpha_loss(module)(weights, alpha, batch)
+
+    first_order(loss_fn, params, alpha_leaves(module, 0.1), make_batch(5, 41))
+    assert seen == [[(True, False)] * len(params)]
+    assert all(w.requires_grad for w in params.values())
+
+    def failing(weights, alpha, batch):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        first_order(failing, params, alpha_leaves(module, 0.1), make_batch(5, 41))
+    assert all(w.requires_grad for w in params.values())
+
+
 @pytest.mark.parametrize("kind", ["constant", "linear", "piecewise", "mlp"])
 def test_module_first_order_theta_grads(kind):
     tau, lam = 0.9, 0.02  # t ≈ 0.43: strictly inside a piece, nonzero for the linear slope
