@@ -72,7 +72,7 @@ NOT_MODELLED = [
     "CUDA context and kernels (outside PyTorch's allocator)",
     "device-specific kernel choices (e.g. cuDNN batch norm's reserve buffer)",
 ]
-EAGER_MODES = ["eager", "fast"]  # search_step.py's modes without torch.compile
+EAGER_MODES = ["eager", "fast", "checkpointed"]  # search_step.py's modes without torch.compile
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 

@@ -14,9 +14,10 @@ reported too: with ``compile`` it is mostly compilation.
 
 Modes: ``eager`` is the plain per-edge supernet (every fast-path switch off), ``fast`` the defaults
 (shared per-source work, grouped ops), ``compiled`` adds torch.compile, ``cudagraphs`` compiles
-with mode reduce-overhead (CUDA graphs; GPU only). Peak memory is CUDA's allocator peak on GPU,
-the process's peak RSS on CPU. Results go to stdout as a table and to ``--out`` as JSON. Speed is
-measured here, never asserted in tests.
+with mode reduce-overhead (CUDA graphs; GPU only), ``checkpointed`` recomputes each cell in
+backward (``checkpoint_cells``: less memory, more time). Peak memory is CUDA's allocator peak on
+GPU, the process's peak RSS on CPU. Results go to stdout as a table and to ``--out`` as JSON.
+Speed is measured here, never asserted in tests.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ MODES = {
     "fast": {**FAST, "compile": False},
     "compiled": {**FAST, "compile": "default"},
     "cudagraphs": {**FAST, "compile": "reduce-overhead"},
+    "checkpointed": {**FAST, "compile": False, "checkpoint_cells": True},
 }
 
 

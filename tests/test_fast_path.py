@@ -115,6 +115,51 @@ def test_second_order_gradients_match(fast: str, batch_weights: bool) -> None:
         torch.testing.assert_close(quick, plain, **TOL, msg=ct)
 
 
+@pytest.mark.parametrize("batch_weights", [False, True])
+def test_checkpointed_cells_give_the_same_values_and_gradients(batch_weights: bool) -> None:
+    """Recomputing cells in backward changes memory, not results: logits, gradients w.r.t.
+    parameters and mixing weights, and the double backward of the exact Hessian."""
+    results = []
+    for flags in (FAST["grouped"], {**FAST["grouped"], "checkpoint_cells": True}):
+        net = make_net(flags, 7, init_channels=2, num_nodes=2)
+        torch.manual_seed(3)
+        x = torch.randn(3, 1, 7, 7, dtype=torch.float64)
+        y = torch.randint(0, 5, (3,))
+        w = mixing_weights(5, 3 if batch_weights else None)
+        params = list(net.parameters())
+        logits = net(x, w)
+        loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, params + list(w.values()), create_graph=True)
+        g = torch.Generator().manual_seed(4)
+        dirs = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in params]
+        inner = sum((gr * d).sum() for gr, d in zip(grads, dirs))
+        results.append([logits, *grads, *torch.autograd.grad(inner, list(w.values()))])
+    plain, checkpointed = results
+    assert len(plain) == len(checkpointed)
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(b, a, **TOL)
+    assert plain[-1].abs().sum() > 0
+
+
+def test_checkpointed_cells_recompute_with_the_parameters_they_ran_with() -> None:
+    """The unrolled step runs the supernet on w' through functional_call, which restores w before
+    backward recomputes the cells: the recomputation must still use w'."""
+    from torch.func import functional_call
+
+    results = []
+    for flags in (FAST["grouped"], {**FAST["grouped"], "checkpoint_cells": True}):
+        net = make_net(flags, 7, init_channels=2, num_nodes=2)
+        torch.manual_seed(3)
+        x = torch.randn(3, 1, 7, 7, dtype=torch.float64)
+        y = torch.randint(0, 5, (3,))
+        w = mixing_weights(5, None)
+        unrolled = {k: (1.5 * v).detach().requires_grad_() for k, v in net.named_parameters()}
+        loss = F.cross_entropy(functional_call(net, unrolled, (x, w)), y)
+        results.append(torch.autograd.grad(loss, [*unrolled.values(), *w.values()]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, **TOL)
+
+
 @pytest.mark.parametrize("fast", sorted(FAST))
 def test_evaluation_mask_still_skips_zero_weight_ops(fast: str) -> None:
     """One-hot weights without autograd: the same output as the plain path with autograd, and
@@ -186,14 +231,15 @@ def test_fast_path_is_the_default() -> None:
 # --- through the search module: the whole search step --------------------------------------------
 
 
-def search_module(flags: dict[str, bool]):
+def search_module(flags: dict[str, bool], **kwargs):
     from hyperdarts.modules.search import HyperDARTSSearch
 
     torch.manual_seed(0)
-    module = HyperDARTSSearch(
+    settings = dict(
         num_channels=1, image_size=8, num_classes=5, init_channels=4, num_cells=3,
-        lambda_min=1e-3, lambda_max=1.0, order=2, relaxation="gumbel", seed=3, **flags,
-    ).double()  # fmt: skip
+        lambda_min=1e-3, lambda_max=1.0, order=2, relaxation="gumbel", seed=3,
+    )  # fmt: skip
+    module = HyperDARTSSearch(**(settings | flags | kwargs)).double()
     with torch.no_grad():
         for p in module.hypernet.parameters():
             p.copy_(0.5 * torch.randn_like(p))
@@ -237,6 +283,21 @@ def test_search_steps_match_plain_path() -> None:
         assert float(p.norm()) > 1e-6
         torch.testing.assert_close(f, p, rtol=1e-8, atol=1e-10)
     assert fast_genotypes == plain_genotypes
+
+
+@pytest.mark.parametrize("order, hessian", [(1, "exact"), (2, "exact"), (2, "finite_difference")])
+def test_checkpointed_search_steps_match(order: int, hessian: str) -> None:
+    """Recomputed cells through whole search steps: first order (w frozen for its pass), the
+    unrolled step (w' and w ± εv swapped in), the exact Hessian's double backward."""
+    flags = {"order": order, "hessian": hessian, "num_nodes": 2}
+    plain_grads, plain_genotypes = search_steps(search_module(FAST["grouped"], **flags), 2)
+    grads, genotypes = search_steps(
+        search_module(FAST["grouped"], checkpoint_cells=True, **flags), 2
+    )
+    for p, c in zip(plain_grads, grads):
+        assert float(p.norm()) > 1e-6
+        torch.testing.assert_close(c, p, rtol=1e-8, atol=1e-10)
+    assert genotypes == plain_genotypes
 
 
 def test_channels_last_matches_default_layout() -> None:

@@ -54,6 +54,18 @@ def test_estimate_equals_real_peak_and_grows(memory: ModuleType) -> None:
     assert estimates[1]["peak_cuda_mib"] >= estimates[1]["peak_mib"]  # 512-byte blocks
 
 
+def test_checkpointed_cells_cut_the_first_order_peak(memory: ModuleType) -> None:
+    """Only the cells' inputs are kept for backward: well under the plain peak above start."""
+    import dataclasses
+
+    case = memory.Case("digits", 16, 1, "exact", num_nodes=2)
+    plain = memory.Session(case, "meta").measure(case)
+    checkpointed_case = dataclasses.replace(case, mode="checkpointed")
+    checkpointed = memory.Session(checkpointed_case, "meta").measure(checkpointed_case)
+    rise = [r["peak_mib"] - r["live_at_start_mib"] for r in (plain, checkpointed)]
+    assert rise[1] < 0.75 * rise[0]
+
+
 def test_fake_tensors_agree_with_real_tensors(memory: ModuleType) -> None:
     case = _case(memory, 4, 1)
     fake = memory.Session(case, "fake").measure(case)

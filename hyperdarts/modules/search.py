@@ -74,6 +74,9 @@ class HyperDARTSSearch(L.LightningModule):
         channels_last: NHWC memory layout for the supernet (faster convolutions on GPUs). For
             bf16 autocast set the Trainer's ``precision: bf16-mixed``; the finite-difference
             Hessian then still runs in full precision.
+        checkpoint_cells: recompute each cell's activations during backward instead of keeping
+            them (torch.utils.checkpoint): a fraction of the activation memory for about one more
+            forward per pass; for large batches. No saving for the exact Hessian's training pass.
         compile: torch.compile the supernet passes of the search step (hyperdarts.compiling):
             false; true or default (fused kernels); reduce-overhead (fused kernels replayed as
             CUDA graphs, for GPUs); max-autotune. The first steps then take minutes to compile;
@@ -121,6 +124,7 @@ class HyperDARTSSearch(L.LightningModule):
         share_source_ops: bool = True,
         group_ops: bool = True,
         channels_last: bool = False,
+        checkpoint_cells: bool = False,
         compile: CompileMode = False,
         compile_backend: str = "inductor",
     ) -> None:
@@ -141,6 +145,7 @@ class HyperDARTSSearch(L.LightningModule):
             share_source_ops=share_source_ops,
             group_ops=group_ops,
             channels_last=channels_last,
+            checkpoint_cells=checkpoint_cells,
         )
         self.primitives = self.net.primitives
         self.hypernet = build_hypernetwork(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 from hyperdarts.errors import ConfigError
 from hyperdarts.search_space.cells import SearchCell
@@ -55,12 +57,17 @@ class SuperNet(nn.Module):
         share_source_ops: bool = True,
         group_ops: bool = True,
         channels_last: bool = False,
+        checkpoint_cells: bool = False,
     ) -> None:
         """``share_source_ops`` and ``group_ops`` select the cells' fast paths (see SearchCell):
         they change the cost only, not the outputs, gradients or state dict, and exist so the
         speed-up can be measured and the plain per-edge loop restored. ``channels_last`` stores
         conv weights and activations NHWC, the layout GPU convolution kernels (cuDNN, tensor
-        cores) are fastest in; values and state dict keys are unchanged."""
+        cores) are fastest in; values and state dict keys are unchanged. ``checkpoint_cells`` keeps
+        only each cell's inputs for backward and recomputes the cell during backward
+        (torch.utils.checkpoint): the activations of one cell instead of all, for about one more
+        forward per pass. It saves nothing when the graph is kept for a second backward (the
+        exact Hessian's training pass), which holds the recomputed activations."""
         super().__init__()
         validate_space(num_cells, num_nodes, init_channels, stem_multiplier, image_size)
         self.primitives = validate_primitives(primitives)
@@ -96,6 +103,7 @@ class SuperNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, num_classes)
         self.channels_last = channels_last
+        self.checkpoint_cells = checkpoint_cells
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -110,10 +118,34 @@ class SuperNet(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem(x)
+        recompute = self.checkpoint_cells and torch.is_grad_enabled()
         for cell in self.cells:
             kind = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, cell(s0, s1, weights[kind], None if active is None else active[kind])
+            if recompute:
+                out = _checkpointed(cell, s0, s1, weights[kind])
+            else:
+                out = cell(s0, s1, weights[kind], None if active is None else active[kind])
+            s0, s1 = s1, out
         return self.classifier(self.pool(s1).flatten(1))
+
+
+def _checkpointed(
+    cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """The cell, its activations recomputed in backward. The parameters it runs with are inputs
+    of the recomputation: under functional_call (the unrolled step's w', w ± εv) the module holds
+    other tensors again by the time backward recomputes. A cell has no randomness of its own (the
+    noise is in the mixing weights), so no RNG state is saved. Parameters that do not require
+    grad now (first order freezes w for its pass) are detached, so that they still do not when
+    backward recomputes: the recomputation must save what the forward saved."""
+    names, tensors = zip(
+        *((k, p if p.requires_grad else p.detach()) for k, p in cell.named_parameters())
+    )
+
+    def run(s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, *tensors: torch.Tensor):
+        return functional_call(cell, dict(zip(names, tensors)), (s0, s1, weights))
+
+    return checkpoint(run, s0, s1, weights, *tensors, use_reentrant=False, preserve_rng_state=False)
 
 
 def _active_ops(weights: dict[str, torch.Tensor]) -> dict[str, list[list[bool]]]:
