@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import search_steps
 
 from hyperdarts.errors import ConfigError
 from hyperdarts.modules.search import HyperDARTSSearch
@@ -37,42 +37,6 @@ def search_module(order: int, hessian: str, compile: bool | str) -> HyperDARTSSe
 
 def graphs() -> int:
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
-
-
-def search_steps(module: HyperDARTSSearch, steps: int) -> dict[str, list]:
-    """Full search steps as training_step takes them (architecture step, then the weight step
-    through ``module.supernet()``), each at a new λ, temperature and noise."""
-    g = torch.Generator().manual_seed(4)
-    opt_w = torch.optim.SGD(module.net.parameters(), lr=0.05, momentum=0.9, weight_decay=3e-4)
-    opt_a = torch.optim.Adam(module.hypernet.parameters(), lr=0.05)
-    out: dict[str, list] = {"arch_grads": [], "weight_losses": [], "graphs": []}
-    for step in range(steps):
-        batch = {
-            k: (torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64),
-                torch.randint(0, 5, (8,), generator=g))
-            for k in ("weight", "arch")
-        }  # fmt: skip
-        lam = module.sampler.sample(module.rng)
-        module.tau = 1.0 / (step + 1)
-        module.begin_step()
-        opt_a.zero_grad()
-        surrogate, _, _ = module.architecture_objective(batch, lam, opt_w)
-        surrogate.backward()
-        out["arch_grads"].append(
-            torch.cat([p.grad.reshape(-1) for p in module.hypernet.parameters()])
-        )
-        opt_a.step()
-        opt_w.zero_grad()
-        x, y = batch["weight"]
-        with torch.no_grad():
-            probs = module.relaxation.sample(module.alpha(lam), module.tau, module._noise(8))
-        loss = F.cross_entropy(module.supernet()(dict(module.net.named_parameters()), x, probs), y)
-        loss.backward()
-        opt_w.step()
-        out["weight_losses"].append(loss.detach())
-        out["graphs"].append(graphs())
-    out["genotypes"] = [module.genotype(lam) for lam in module.val_grid]
-    return out
 
 
 @pytest.mark.parametrize("order, hessian", [(1, "exact"), (2, "exact"), (2, "finite_difference")])
@@ -104,9 +68,12 @@ def test_a_copy_compiles_its_own_network() -> None:
     import copy
 
     module = search_module(1, "exact", "default")
-    first = module.supernet()
-    assert module.supernet() is first
-    assert copy.deepcopy(module).supernet() is not first
+    first, eager = module.supernet(), module.supernet(compiled=False)
+    assert module.supernet() is first and module.supernet(compiled=False) is eager
+    assert first is not eager
+    duplicate = copy.deepcopy(module)
+    assert duplicate.supernet() is not first
+    assert duplicate.supernet(compiled=False) is not eager
 
 
 def test_fit_with_compile_from_the_command_line(tmp_path) -> None:

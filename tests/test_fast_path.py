@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import search_steps
 from torch import nn
 
 from hyperdarts.complexity import edge_input_sizes
@@ -91,54 +92,46 @@ def test_state_dict_is_unchanged(fast: str) -> None:
     plain.load_state_dict(sd_f, strict=True)
 
 
+def second_order_outputs(flags: dict[str, bool], batch_weights: bool) -> list[torch.Tensor]:
+    """Logits, the gradients w.r.t. parameters and mixing weights, and the mixing weights'
+    gradient of (∇_w L · d) for a fixed random direction d, as in a Hessian-vector product."""
+    net = make_net(flags, 7, init_channels=2, num_nodes=2)
+    torch.manual_seed(3)
+    x = torch.randn(3, 1, 7, 7, dtype=torch.float64)
+    y = torch.randint(0, 5, (3,))
+    w = mixing_weights(5, 3 if batch_weights else None)
+    params = list(net.parameters())
+    logits = net(x, w)
+    grads = torch.autograd.grad(
+        F.cross_entropy(logits, y), params + list(w.values()), create_graph=True
+    )
+    g = torch.Generator().manual_seed(4)
+    dirs = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in params]
+    inner = sum((gr * d).sum() for gr, d in zip(grads, dirs))
+    return [logits, *grads, *torch.autograd.grad(inner, list(w.values()))]
+
+
+def assert_same_outputs(reference: list[torch.Tensor], other: list[torch.Tensor]) -> None:
+    assert len(reference) == len(other) and reference[-1].abs().sum() > 0
+    for r, o in zip(reference, other):
+        torch.testing.assert_close(o, r, **TOL)
+
+
 @pytest.mark.parametrize("fast", sorted(FAST))
 @pytest.mark.parametrize("batch_weights", [False, True])
 def test_second_order_gradients_match(fast: str, batch_weights: bool) -> None:
     """The unrolled step differentiates the weight gradient w.r.t. the mixing weights."""
-    results = []
-    for flags in (PLAIN, FAST[fast]):
-        net = make_net(flags, 7, init_channels=2, num_nodes=2)
-        torch.manual_seed(3)
-        x = torch.randn(3, 1, 7, 7, dtype=torch.float64)
-        y = torch.randint(0, 5, (3,))
-        w = mixing_weights(5, 3 if batch_weights else None)
-        params = list(net.parameters())
-        loss = F.cross_entropy(net(x, w), y)
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        # A fixed random direction, as in a Hessian-vector product.
-        g = torch.Generator().manual_seed(4)
-        dirs = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in params]
-        inner = sum((gr * d).sum() for gr, d in zip(grads, dirs))
-        results.append(torch.autograd.grad(inner, list(w.values())))
-    for ct, plain, quick in zip(CELL_TYPES, *results):
-        assert plain.abs().sum() > 0
-        torch.testing.assert_close(quick, plain, **TOL, msg=ct)
+    plain = second_order_outputs(PLAIN, batch_weights)
+    assert_same_outputs(plain, second_order_outputs(FAST[fast], batch_weights))
 
 
 @pytest.mark.parametrize("batch_weights", [False, True])
 def test_checkpointed_cells_give_the_same_values_and_gradients(batch_weights: bool) -> None:
     """Recomputing cells in backward changes memory, not results: logits, gradients w.r.t.
     parameters and mixing weights, and the double backward of the exact Hessian."""
-    results = []
-    for flags in (FAST["grouped"], {**FAST["grouped"], "checkpoint_cells": True}):
-        net = make_net(flags, 7, init_channels=2, num_nodes=2)
-        torch.manual_seed(3)
-        x = torch.randn(3, 1, 7, 7, dtype=torch.float64)
-        y = torch.randint(0, 5, (3,))
-        w = mixing_weights(5, 3 if batch_weights else None)
-        params = list(net.parameters())
-        logits = net(x, w)
-        loss = F.cross_entropy(logits, y)
-        grads = torch.autograd.grad(loss, params + list(w.values()), create_graph=True)
-        g = torch.Generator().manual_seed(4)
-        dirs = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in params]
-        inner = sum((gr * d).sum() for gr, d in zip(grads, dirs))
-        results.append([logits, *grads, *torch.autograd.grad(inner, list(w.values()))])
-    plain, checkpointed = results
-    assert len(plain) == len(checkpointed)
-    for a, b in zip(plain, checkpointed):
-        torch.testing.assert_close(b, a, **TOL)
-    assert plain[-1].abs().sum() > 0
+    plain = second_order_outputs(FAST["grouped"], batch_weights)
+    flags = {**FAST["grouped"], "checkpoint_cells": True}
+    assert_same_outputs(plain, second_order_outputs(flags, batch_weights))
 
 
 def test_checkpointed_cells_recompute_with_the_parameters_they_ran_with() -> None:
@@ -246,43 +239,11 @@ def search_module(flags: dict[str, bool], **kwargs):
     return module
 
 
-def search_steps(module, steps: int = 3):
-    """A few full search steps (architecture step, then weight step) on fixed batches; the θ
-    gradients of each architecture step, and the genotypes derived at the end."""
-    g = torch.Generator().manual_seed(4)
-    opt_w = torch.optim.SGD(module.net.parameters(), lr=0.05, momentum=0.9, weight_decay=3e-4)
-    opt_a = torch.optim.Adam(module.hypernet.parameters(), lr=0.05)
-    grads = []
-    for _ in range(steps):
-        batch = {
-            k: (torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64),
-                torch.randint(0, 5, (8,), generator=g))
-            for k in ("weight", "arch")
-        }  # fmt: skip
-        lam = module.sampler.sample(module.rng)
-        opt_a.zero_grad()
-        surrogate, _, _ = module.architecture_objective(batch, lam, opt_w)
-        surrogate.backward()
-        grads.append(torch.cat([p.grad.reshape(-1) for p in module.hypernet.parameters()]))
-        opt_a.step()
-        opt_w.zero_grad()
-        x, y = batch["weight"]
-        with torch.no_grad():
-            probs = module.relaxation.sample(module.alpha(lam), module.tau, module._noise(8))
-        F.cross_entropy(module.net(x, probs), y).backward()
-        opt_w.step()
-    return grads, [module.genotype(lam) for lam in module.val_grid]
-
-
 def test_search_steps_match_plain_path() -> None:
     """Second order, Gumbel noise, momentum: same architecture gradients step after step and the
     same derived genotypes on a fixed seed, fast path against the plain per-edge loop."""
-    plain_grads, plain_genotypes = search_steps(search_module(PLAIN))
-    fast_grads, fast_genotypes = search_steps(search_module(FAST["grouped"]))
-    for p, f in zip(plain_grads, fast_grads):
-        assert float(p.norm()) > 1e-6
-        torch.testing.assert_close(f, p, rtol=1e-8, atol=1e-10)
-    assert fast_genotypes == plain_genotypes
+    plain, fast = (search_steps(search_module(flags)) for flags in (PLAIN, FAST["grouped"]))
+    assert_same_steps(plain, fast)
 
 
 @pytest.mark.parametrize("order, hessian", [(1, "exact"), (2, "exact"), (2, "finite_difference")])
@@ -290,14 +251,17 @@ def test_checkpointed_search_steps_match(order: int, hessian: str) -> None:
     """Recomputed cells through whole search steps: first order (w frozen for its pass), the
     unrolled step (w' and w ± εv swapped in), the exact Hessian's double backward."""
     flags = {"order": order, "hessian": hessian, "num_nodes": 2}
-    plain_grads, plain_genotypes = search_steps(search_module(FAST["grouped"], **flags), 2)
-    grads, genotypes = search_steps(
-        search_module(FAST["grouped"], checkpoint_cells=True, **flags), 2
-    )
-    for p, c in zip(plain_grads, grads):
-        assert float(p.norm()) > 1e-6
-        torch.testing.assert_close(c, p, rtol=1e-8, atol=1e-10)
-    assert genotypes == plain_genotypes
+    plain = search_steps(search_module(FAST["grouped"], **flags), 2)
+    checkpointed = search_steps(search_module(FAST["grouped"], checkpoint_cells=True, **flags), 2)
+    assert_same_steps(plain, checkpointed)
+
+
+def assert_same_steps(reference: dict, other: dict) -> None:
+    for r, o in zip(reference["arch_grads"], other["arch_grads"]):
+        assert float(r.norm()) > 1e-6
+        torch.testing.assert_close(o, r, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(other["weight_losses"], reference["weight_losses"])
+    assert other["genotypes"] == reference["genotypes"]
 
 
 def test_channels_last_matches_default_layout() -> None:

@@ -168,21 +168,23 @@ class HyperDARTSSearch(L.LightningModule):
         # _architecture_step, so plain `ddp` works (hyperdarts/distributed.py); the cost tables
         # are constants, with nothing to broadcast.
         exclude_from_ddp(self, "hypernet", "complexity")
-        self._compiled: SupernetFn | None = None  # built on first use; see supernet()
+        # f(params, x, mixing weights), eager (False) and as configured (True); built on first
+        # use, see supernet().
+        self._supernets: dict[bool, SupernetFn] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        # A compiled function holds the network it was built for: a copy must build its own.
-        return {**super().__getstate__(), "_compiled": None}
+        # These functions hold the network they were built for: a copy must build its own.
+        return {**super().__getstate__(), "_supernets": {}}
 
     def supernet(self, compiled: bool = True) -> SupernetFn:
         """The supernet as f(params, x, mixing weights) (hyperdarts.compiling): compiled as
         configured, or eager (``compiled=False``) for a pass that is differentiated twice."""
-        if not compiled or compile_mode(self.hparams.compile) is None:
-            return supernet_function(self.net)
-        if self._compiled is None:
+        compiled = compiled and compile_mode(self.hparams.compile) is not None
+        if compiled not in self._supernets:
             hp = self.hparams
-            self._compiled = supernet_function(self.net, hp.compile, hp.compile_backend)
-        return self._compiled
+            mode = hp.compile if compiled else False
+            self._supernets[compiled] = supernet_function(self.net, mode, hp.compile_backend)
+        return self._supernets[compiled]
 
     # --- the relaxed architecture as a function of λ ---------------------------------------------
 
