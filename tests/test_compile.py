@@ -90,6 +90,7 @@ def test_fit_with_compile_from_the_command_line(tmp_path) -> None:
         "--trainer.enable_progress_bar", "false", "--trainer.fast_dev_run", "1",
         "--data.init_args.batch_size", "16", "--model.init_args.init_channels", "4",
         "--model.init_args.num_nodes", "2", "--model.init_args.compile", "true",
+        "--model.init_args.primitives", str(SPACE["primitives"]),
         "--model.init_args.compile_backend", "aot_eager",
     ])  # fmt: skip
     assert cli.trainer.global_step == 2
