@@ -29,7 +29,7 @@ import platform
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +94,8 @@ def _batch(cfg: BenchConfig, device: torch.device) -> tuple[torch.Tensor, torch.
 
 def bench(name: str, order: int, hessian: str, args: argparse.Namespace) -> dict:
     cfg, device = CONFIGS[name], torch.device(args.device)
+    if args.batch_size:
+        cfg = replace(cfg, batch_size=args.batch_size)
     torch.manual_seed(0)
     model = HyperDARTSSearch(
         num_channels=cfg.channels,
@@ -188,6 +190,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, help="instead of the config's")
     parser.add_argument("--out", default="benchmarks/search_step.json")
     args = parser.parse_args()
 

@@ -14,7 +14,7 @@ def test_search_step_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "search_step.py"), "--configs", "digits",
            "--orders", "1", "2", "--mode", "eager", "--repeats", "1", "--warmup", "0",
-           "--device", "cpu", "--out", str(out)]  # fmt: skip
+           "--device", "cpu", "--batch-size", "16", "--out", str(out)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "weight pass ms" in done.stdout
@@ -25,6 +25,7 @@ def test_search_step_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     ]
     for r in rows:
         assert r["step_ms"] > 0 and r["weight_pass_ms"] > 0 and r["peak_memory_mb"] > 0
+        assert r["batch_size"] == 16  # --batch-size replaces the config's 64
         assert r["share_source_ops"] is False and r["group_ops"] is False
         assert r["irreducible_passes"] == 2 and r["compile"] is False
         # the exact Hessian's double backward is measured as its own primitive
