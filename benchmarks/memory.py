@@ -52,13 +52,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from search_step import CONFIGS, MODES
+from search_step import CONFIGS, build_model, make_batch
 from torch._C._autograd import DeviceType
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from hyperdarts.modules.search import HyperDARTSSearch
 
 MIB = 2**20
 CUDA_BLOCK = 512  # the CUDA caching allocator rounds every block up to a multiple of 512 bytes
@@ -73,7 +71,6 @@ NOT_MODELLED = [
     "device-specific kernel choices (e.g. cuDNN batch norm's reserve buffer)",
 ]
 EAGER_MODES = ["eager", "fast", "checkpointed"]  # search_step.py's modes without torch.compile
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -173,23 +170,6 @@ def _one(dtype: torch.dtype) -> bool | int | float:
     return 1.0 if dtype.is_floating_point else 1
 
 
-def build_model(case: Case) -> HyperDARTSSearch:
-    cfg = CONFIGS[case.config]
-    torch.manual_seed(0)
-    return HyperDARTSSearch(
-        num_channels=cfg.channels,
-        image_size=cfg.image_size,
-        num_classes=10,
-        init_channels=cfg.init_channels,
-        num_cells=cfg.num_cells,
-        num_nodes=case.num_nodes,
-        order=case.order,
-        hessian=case.hessian,
-        relaxation=case.relaxation,
-        **MODES[case.mode],
-    )
-
-
 def fake_model(model: torch.nn.Module, fake_mode: FakeTensorMode) -> None:
     """Swap every parameter and buffer for a fake tensor of the same size (no data kept)."""
     for module in model.modules():
@@ -200,12 +180,6 @@ def fake_model(model: torch.nn.Module, fake_mode: FakeTensorMode) -> None:
         for name, b in module._buffers.items():
             if b is not None:
                 module._buffers[name] = fake_mode.from_tensor(b)
-
-
-def _batch(case: Case, device: str) -> Batch:
-    cfg = CONFIGS[case.config]
-    size = (case.batch_size, cfg.channels, cfg.image_size, cfg.image_size)
-    return torch.randn(size, device=device), torch.randint(0, 10, (case.batch_size,), device=device)
 
 
 class Session:
@@ -222,7 +196,10 @@ class Session:
         warmup = replace(case, batch_size=2, order=1, hessian="exact")
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if tensors == "fake" else None
         self.device = "meta" if tensors == "meta" else "cpu"
-        self.model = build_model(warmup).to(self.device)
+        self.model = build_model(
+            warmup.config, warmup.order, warmup.hessian, warmup.relaxation, warmup.mode,
+            warmup.num_nodes,
+        ).to(self.device)  # fmt: skip
         if self.fake_mode is not None:
             fake_model(self.model, self.fake_mode)
         self.tracker = LiveBytes(stub_scalars=tensors != "real")
@@ -275,7 +252,10 @@ class Session:
     def _new_batches(self, case: Case) -> None:
         self.batch = {}  # the last step's batches go first
         with self._mode(), self.tracker:
-            self.batch = {"weight": _batch(case, self.device), "arch": _batch(case, self.device)}
+            self.batch = {
+                part: make_batch(CONFIGS[case.config], self.device, case.batch_size)
+                for part in ("weight", "arch")
+            }
 
     def _run(self, case: Case) -> None:
         """One search step as benchmarks/search_step.py's ``search_step`` takes it."""

@@ -87,31 +87,44 @@ def _median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> floa
     return statistics.median(times)
 
 
-def _batch(cfg: BenchConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.randn(cfg.batch_size, cfg.channels, cfg.image_size, cfg.image_size, device=device)
-    return x, torch.randint(0, 10, (cfg.batch_size,), device=device)
+def make_batch(
+    cfg: BenchConfig, device: torch.device | str, batch_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and labels of ``cfg``'s shape (``batch_size`` instead of the config's)."""
+    n = batch_size or cfg.batch_size
+    x = torch.randn(n, cfg.channels, cfg.image_size, cfg.image_size, device=device)
+    return x, torch.randint(0, 10, (n,), device=device)
+
+
+def build_model(
+    name: str, order: int, hessian: str, relaxation: str, mode: str, num_nodes: int = 4
+) -> HyperDARTSSearch:
+    """The search module of configuration ``name`` with mode ``mode``'s switches, seeded."""
+    cfg = CONFIGS[name]
+    torch.manual_seed(0)
+    return HyperDARTSSearch(
+        num_channels=cfg.channels,
+        image_size=cfg.image_size,
+        num_classes=10,
+        init_channels=cfg.init_channels,
+        num_cells=cfg.num_cells,
+        num_nodes=num_nodes,
+        order=order,
+        hessian=hessian,
+        relaxation=relaxation,
+        **MODES[mode],
+    )
 
 
 def bench(name: str, order: int, hessian: str, args: argparse.Namespace) -> dict:
     cfg, device = CONFIGS[name], torch.device(args.device)
     if args.batch_size:
         cfg = replace(cfg, batch_size=args.batch_size)
-    torch.manual_seed(0)
-    model = HyperDARTSSearch(
-        num_channels=cfg.channels,
-        image_size=cfg.image_size,
-        num_classes=10,
-        init_channels=cfg.init_channels,
-        num_cells=cfg.num_cells,
-        order=order,
-        hessian=hessian,
-        relaxation=args.relaxation,
-        **MODES[args.mode],
-    ).to(device)
+    model = build_model(name, order, hessian, args.relaxation, args.mode).to(device)
     hp = model.hparams
     opt_w = torch.optim.SGD(model.net.parameters(), hp.w_lr, hp.w_momentum, weight_decay=3e-4)
     opt_a = torch.optim.Adam(model.hypernet.parameters(), hp.arch_lr, betas=hp.arch_betas)
-    batch = {"weight": _batch(cfg, device), "arch": _batch(cfg, device)}
+    batch = {"weight": make_batch(cfg, device), "arch": make_batch(cfg, device)}
     lam = 0.01
 
     params = dict(model.net.named_parameters())
